@@ -1,0 +1,20 @@
+//! Shoal's public gRPC API: the code generated from `proto/shoal/v1/*.proto`, the conversions
+//! between wire messages and `shoal-types`, and the single mapping from [`shoal_types::Error`]
+//! to [`tonic::Status`].
+//!
+//! Generated code lives only here; nothing else in the workspace runs protoc.
+
+mod convert;
+mod status;
+
+pub use convert::{ids_from_wire, metric_from_wire, metric_to_wire, search_params_from_wire};
+pub use status::{error_from_status, status_from_error};
+
+/// Generated messages and services of `shoal.v1`.
+#[allow(clippy::all, missing_docs, rust_2018_idioms)]
+pub mod v1 {
+    tonic::include_proto!("shoal.v1");
+
+    /// Encoded `FileDescriptorSet` of the API, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("shoal_descriptor");
+}

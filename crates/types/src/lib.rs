@@ -1,0 +1,20 @@
+//! Plain domain types shared by every Shoal crate: point ids, metrics, collection specs,
+//! the commands a node applies, and validation of all of them.
+//!
+//! This crate owns no I/O and depends on nothing but serde and thiserror. Everything that
+//! crosses a boundary (gRPC, the command log, RocksDB) is validated here once, so the layers
+//! above can trust what they hold.
+
+mod command;
+mod error;
+mod id;
+mod limits;
+mod metric;
+mod spec;
+
+pub use command::{validate_ids, Command, Point};
+pub use error::{Error, ErrorCode, Result};
+pub use id::PointId;
+pub use limits::Limits;
+pub use metric::Metric;
+pub use spec::{validate_collection_name, CollectionSpec, IndexParams, SearchParams};

@@ -71,10 +71,9 @@ impl TryFrom<v1::Point> for Point {
     type Error = Error;
 
     fn try_from(p: v1::Point) -> Result<Self> {
-        let id = p
-            .id
-            .ok_or_else(|| Error::invalid("point without an id"))?
-            .try_into()?;
+        let id =
+            p.id.ok_or_else(|| Error::invalid("point without an id"))?
+                .try_into()?;
         Ok(Point {
             id,
             vector: p.vector,

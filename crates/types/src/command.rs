@@ -16,9 +16,17 @@ pub struct Point {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     CreateCollection(CollectionSpec),
-    DropCollection { name: String },
-    Upsert { collection: String, points: Vec<Point> },
-    Delete { collection: String, ids: Vec<PointId> },
+    DropCollection {
+        name: String,
+    },
+    Upsert {
+        collection: String,
+        points: Vec<Point>,
+    },
+    Delete {
+        collection: String,
+        ids: Vec<PointId>,
+    },
 }
 
 impl Command {
@@ -81,21 +89,45 @@ mod tests {
     #[test]
     fn batches_are_validated() {
         let ok = vec![
-            Point { id: 1.into(), vector: vec![1.0, 0.0] },
-            Point { id: "1".into(), vector: vec![0.0, 1.0] },
+            Point {
+                id: 1.into(),
+                vector: vec![1.0, 0.0],
+            },
+            Point {
+                id: "1".into(),
+                vector: vec![0.0, 1.0],
+            },
         ];
         assert!(Point::validate_batch(&spec(), &ok).is_ok());
 
         let dup = vec![ok[0].clone(), ok[0].clone()];
-        assert!(Point::validate_batch(&spec(), &dup).unwrap_err().message.contains("more than once"));
+        assert!(Point::validate_batch(&spec(), &dup)
+            .unwrap_err()
+            .message
+            .contains("more than once"));
 
-        let nan = vec![Point { id: 1.into(), vector: vec![f32::NAN, 0.0] }];
-        assert!(Point::validate_batch(&spec(), &nan).unwrap_err().message.contains("NaN"));
+        let nan = vec![Point {
+            id: 1.into(),
+            vector: vec![f32::NAN, 0.0],
+        }];
+        assert!(Point::validate_batch(&spec(), &nan)
+            .unwrap_err()
+            .message
+            .contains("NaN"));
 
-        let wrong_dim = vec![Point { id: 1.into(), vector: vec![1.0] }];
-        assert!(Point::validate_batch(&spec(), &wrong_dim).unwrap_err().message.contains("dimension"));
+        let wrong_dim = vec![Point {
+            id: 1.into(),
+            vector: vec![1.0],
+        }];
+        assert!(Point::validate_batch(&spec(), &wrong_dim)
+            .unwrap_err()
+            .message
+            .contains("dimension"));
 
-        let zero = vec![Point { id: 1.into(), vector: vec![0.0, 0.0] }];
+        let zero = vec![Point {
+            id: 1.into(),
+            vector: vec![0.0, 0.0],
+        }];
         assert!(Point::validate_batch(&spec(), &zero).is_err());
     }
 }

@@ -110,7 +110,11 @@ mod tests {
     #[test]
     fn string_ids_are_bounded() {
         assert!(PointId::Str(String::new()).validate().is_err());
-        assert!(PointId::Str("x".repeat(MAX_STRING_ID_BYTES)).validate().is_ok());
-        assert!(PointId::Str("x".repeat(MAX_STRING_ID_BYTES + 1)).validate().is_err());
+        assert!(PointId::Str("x".repeat(MAX_STRING_ID_BYTES))
+            .validate()
+            .is_ok());
+        assert!(PointId::Str("x".repeat(MAX_STRING_ID_BYTES + 1))
+            .validate()
+            .is_err());
     }
 }

@@ -33,10 +33,11 @@ impl Default for Limits {
 impl Limits {
     pub fn validate(&self) -> Result<()> {
         if self.max_message_bytes < 1024 {
-            return Err(Error::invalid("limits.max_message_bytes must be at least 1024"));
+            return Err(Error::invalid(
+                "limits.max_message_bytes must be at least 1024",
+            ));
         }
-        if self.max_k == 0 || self.max_queries_per_search == 0 || self.max_points_per_request == 0
-        {
+        if self.max_k == 0 || self.max_queries_per_search == 0 || self.max_points_per_request == 0 {
             return Err(Error::invalid(
                 "limits.max_k, max_queries_per_search and max_points_per_request must be positive",
             ));

@@ -90,11 +90,16 @@ impl IndexParams {
     pub fn from_map(map: &BTreeMap<String, String>) -> Result<Self> {
         let mut params = IndexParams::default();
         for (key, value) in map {
-            let parsed: u32 = value.trim().parse().ok().filter(|v| *v > 0).ok_or_else(|| {
-                Error::invalid(format!(
-                    "index param {key:?} must be a positive integer, got {value:?}"
-                ))
-            })?;
+            let parsed: u32 = value
+                .trim()
+                .parse()
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "index param {key:?} must be a positive integer, got {value:?}"
+                    ))
+                })?;
             match key.as_str() {
                 "efConstruction" => params.ef_construction = Some(parsed),
                 "efSearch" => params.ef_search = Some(parsed),
@@ -152,16 +157,19 @@ mod tests {
 
     #[test]
     fn index_params_round_trip_and_reject_unknown() {
-        let map: BTreeMap<String, String> =
-            [("efSearch".to_owned(), "64".to_owned())].into_iter().collect();
+        let map: BTreeMap<String, String> = [("efSearch".to_owned(), "64".to_owned())]
+            .into_iter()
+            .collect();
         let params = IndexParams::from_map(&map).unwrap();
         assert_eq!(params.ef_search, Some(64));
         assert_eq!(params.to_map(), map);
-        let bad: BTreeMap<String, String> =
-            [("efSerch".to_owned(), "64".to_owned())].into_iter().collect();
+        let bad: BTreeMap<String, String> = [("efSerch".to_owned(), "64".to_owned())]
+            .into_iter()
+            .collect();
         assert!(IndexParams::from_map(&bad).is_err());
-        let zero: BTreeMap<String, String> =
-            [("nprobe".to_owned(), "0".to_owned())].into_iter().collect();
+        let zero: BTreeMap<String, String> = [("nprobe".to_owned(), "0".to_owned())]
+            .into_iter()
+            .collect();
         assert!(IndexParams::from_map(&zero).is_err());
     }
 }

@@ -1,0 +1,59 @@
+//! The gRPC connection to a node, shared by both service clients.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use shoal_proto::v1::collection_service_client::CollectionServiceClient;
+use shoal_proto::v1::point_service_client::PointServiceClient;
+use shoal_types::Limits;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Clone)]
+pub struct Clients {
+    pub collections: CollectionServiceClient<Channel>,
+    pub points: PointServiceClient<Channel>,
+}
+
+/// Clients for the node at `addr` (`HOST:PORT`, or a full `http://` URI). The connection is
+/// made on the first request, so local input is checked before the node is needed.
+pub fn connect(addr: &str) -> Result<Clients> {
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let channel = Endpoint::from_shared(uri.clone())
+        .with_context(|| format!("invalid address {addr:?}"))?
+        .connect_timeout(Duration::from_secs(10))
+        .connect_lazy();
+    // The node's default message limit; large upserts and searches stay under it.
+    let max = Limits::default().max_message_bytes;
+    Ok(Clients {
+        collections: CollectionServiceClient::new(channel.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        points: PointServiceClient::new(channel)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    })
+}
+
+/// How many items of `item_bytes` each fit in one request: at most `max_items`, at least one,
+/// and together under three quarters of the message limit (the rest is headroom for framing).
+pub fn items_per_request(item_bytes: usize, max_items: usize) -> usize {
+    let budget = Limits::default().max_message_bytes / 4 * 3;
+    (budget / item_bytes.max(1)).clamp(1, max_items.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_stay_under_the_message_limit() {
+        assert_eq!(items_per_request(512, 1000), 1000);
+        assert_eq!(items_per_request(4 * 65_536, 1000), 192);
+        assert_eq!(items_per_request(usize::MAX, 1000), 1);
+        assert_eq!(items_per_request(0, 0), 1);
+    }
+}

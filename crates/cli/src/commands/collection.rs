@@ -1,0 +1,328 @@
+//! `shoalctl collection ...`: create, list, describe and drop collections.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use indicatif::HumanBytes;
+use serde::Serialize;
+use shoal_proto::v1::{self, SegmentState};
+use shoal_proto::{metric_from_wire, metric_to_wire};
+use shoal_types::Metric;
+
+use crate::client::Clients;
+use crate::output::{self, table, Format, Report};
+
+#[derive(Debug, Subcommand)]
+pub enum CollectionCommand {
+    /// Create a collection.
+    Create(CreateArgs),
+    /// List collections.
+    List,
+    /// Show a collection's points, segments, index state and sizes.
+    Describe { name: String },
+    /// Drop a collection with all its points and index files.
+    Drop { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    name: String,
+    /// Vector dimension.
+    #[arg(long)]
+    dim: u32,
+    /// Distance metric: l2, ip or cosine.
+    #[arg(long)]
+    metric: Metric,
+    /// FAISS index factory string, e.g. "HNSW32,Flat", "IVF256,PQ16".
+    #[arg(long, default_value = "Flat")]
+    index: String,
+    /// Index parameter (efConstruction, efSearch, nprobe); repeatable.
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
+    params: Vec<(String, String)>,
+}
+
+/// Parses a `--param KEY=VALUE` argument; the server validates the key and value.
+pub fn parse_param(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("expected KEY=VALUE, got {arg:?}")),
+    }
+}
+
+pub fn create_request(
+    name: &str,
+    dimension: u32,
+    metric: Metric,
+    index: &str,
+    params: &[(String, String)],
+) -> v1::CreateCollectionRequest {
+    v1::CreateCollectionRequest {
+        name: name.to_owned(),
+        dimension,
+        metric: metric_to_wire(metric).into(),
+        index: index.to_owned(),
+        index_params: params.iter().cloned().collect(),
+    }
+}
+
+pub async fn run(mut clients: Clients, format: Format, command: CollectionCommand) -> Result<()> {
+    let collections = &mut clients.collections;
+    match command {
+        CollectionCommand::Create(args) => {
+            let request =
+                create_request(&args.name, args.dim, args.metric, &args.index, &args.params);
+            collections.create_collection(request).await?;
+            output::print(format, &Created { created: args.name })
+        }
+        CollectionCommand::List => {
+            let response = collections
+                .list_collections(v1::ListCollectionsRequest {})
+                .await?
+                .into_inner();
+            let list = response.collections.into_iter().map(Into::into).collect();
+            output::print(format, &CollectionList(list))
+        }
+        CollectionCommand::Describe { name } => {
+            let info = describe(&mut clients, &name).await?;
+            output::print(format, &CollectionReport::from(info))
+        }
+        CollectionCommand::Drop { name } => {
+            let request = v1::DropCollectionRequest { name: name.clone() };
+            collections.drop_collection(request).await?;
+            output::print(format, &Dropped { dropped: name })
+        }
+    }
+}
+
+pub async fn describe(clients: &mut Clients, name: &str) -> Result<v1::CollectionInfo> {
+    let request = v1::DescribeCollectionRequest {
+        name: name.to_owned(),
+    };
+    Ok(clients
+        .collections
+        .describe_collection(request)
+        .await?
+        .into_inner())
+}
+
+#[derive(Serialize)]
+struct Created {
+    created: String,
+}
+
+impl Report for Created {
+    fn text(&self) -> String {
+        format!("created collection {}", self.created)
+    }
+}
+
+#[derive(Serialize)]
+struct Dropped {
+    dropped: String,
+}
+
+impl Report for Dropped {
+    fn text(&self) -> String {
+        format!("dropped collection {}", self.dropped)
+    }
+}
+
+#[derive(Serialize)]
+struct CollectionReport {
+    name: String,
+    dimension: u32,
+    metric: &'static str,
+    index: String,
+    index_params: BTreeMap<String, String>,
+    points: u64,
+    segments: Vec<SegmentReport>,
+    index_state: String,
+    disk_bytes: u64,
+    memory_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct SegmentReport {
+    id: u64,
+    state: &'static str,
+    points: u64,
+    deleted: u64,
+    bytes: u64,
+    index: String,
+    origin: String,
+}
+
+impl From<v1::CollectionInfo> for CollectionReport {
+    fn from(info: v1::CollectionInfo) -> Self {
+        let segments = info
+            .segments
+            .into_iter()
+            .map(|s| SegmentReport {
+                id: s.id,
+                state: match SegmentState::try_from(s.state) {
+                    Ok(SegmentState::Growing) => "growing",
+                    Ok(SegmentState::Sealing) => "sealing",
+                    Ok(SegmentState::Sealed) => "sealed",
+                    Ok(SegmentState::Unspecified) | Err(_) => "unspecified",
+                },
+                points: s.points,
+                deleted: s.deleted,
+                bytes: s.bytes,
+                index: s.index,
+                origin: s.origin,
+            })
+            .collect();
+        CollectionReport {
+            name: info.name,
+            dimension: info.dimension,
+            metric: metric_from_wire(info.metric).map_or("unspecified", Metric::as_str),
+            index: info.index,
+            index_params: info.index_params.into_iter().collect(),
+            points: info.points,
+            segments,
+            index_state: info.index_state,
+            disk_bytes: info.disk_bytes,
+            memory_bytes: info.memory_bytes,
+        }
+    }
+}
+
+impl Report for CollectionReport {
+    fn text(&self) -> String {
+        let params = self
+            .index_params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut text = format!(
+            "name:          {}\n\
+             dimension:     {}\n\
+             metric:        {}\n\
+             index:         {}\n\
+             index params:  {params}\n\
+             points:        {}\n\
+             index state:   {}\n\
+             disk bytes:    {} ({})\n\
+             memory bytes:  {} ({})\n\
+             segments:      {}",
+            self.name,
+            self.dimension,
+            self.metric,
+            self.index,
+            self.points,
+            self.index_state,
+            self.disk_bytes,
+            HumanBytes(self.disk_bytes),
+            self.memory_bytes,
+            HumanBytes(self.memory_bytes),
+            self.segments.len(),
+        );
+        if !self.segments.is_empty() {
+            let rows: Vec<Vec<String>> = self
+                .segments
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.id.to_string(),
+                        s.state.to_owned(),
+                        s.points.to_string(),
+                        s.deleted.to_string(),
+                        HumanBytes(s.bytes).to_string(),
+                        s.index.clone(),
+                        s.origin.clone(),
+                    ]
+                })
+                .collect();
+            let headers = [
+                "ID", "STATE", "POINTS", "DELETED", "BYTES", "INDEX", "ORIGIN",
+            ];
+            text.push_str("\n\n");
+            text.push_str(&table(&headers, &rows));
+        }
+        text
+    }
+}
+
+#[derive(Serialize)]
+#[serde(transparent)]
+struct CollectionList(Vec<CollectionReport>);
+
+impl Report for CollectionList {
+    fn text(&self) -> String {
+        if self.0.is_empty() {
+            return "no collections".to_owned();
+        }
+        let rows: Vec<Vec<String>> = self
+            .0
+            .iter()
+            .map(|c| {
+                vec![
+                    c.name.clone(),
+                    c.dimension.to_string(),
+                    c.metric.to_owned(),
+                    c.index.clone(),
+                    c.points.to_string(),
+                    c.index_state.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &["NAME", "DIM", "METRIC", "INDEX", "POINTS", "INDEX STATE"],
+            &rows,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_are_key_value_pairs() {
+        assert_eq!(
+            parse_param("efSearch=64").unwrap(),
+            ("efSearch".to_owned(), "64".to_owned())
+        );
+        assert!(parse_param("efSearch").is_err());
+        assert!(parse_param("=64").is_err());
+    }
+
+    #[test]
+    fn describe_json_has_the_documented_fields() {
+        let info = v1::CollectionInfo {
+            name: "c".into(),
+            dimension: 4,
+            metric: v1::Metric::Cosine.into(),
+            index: "HNSW32,Flat".into(),
+            index_params: [("efSearch".to_owned(), "64".to_owned())].into(),
+            points: 3,
+            segments: vec![v1::SegmentInfo {
+                id: 1,
+                state: SegmentState::Sealed.into(),
+                points: 3,
+                deleted: 1,
+                bytes: 48,
+                index: "HNSW32,Flat".into(),
+                origin: "built".into(),
+            }],
+            index_state: "ready".into(),
+            disk_bytes: 100,
+            memory_bytes: 200,
+        };
+        let json = serde_json::to_value(CollectionReport::from(info)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "name": "c", "dimension": 4, "metric": "cosine", "index": "HNSW32,Flat",
+                "index_params": {"efSearch": "64"}, "points": 3,
+                "segments": [{"id": 1, "state": "sealed", "points": 3, "deleted": 1,
+                              "bytes": 48, "index": "HNSW32,Flat", "origin": "built"}],
+                "index_state": "ready", "disk_bytes": 100, "memory_bytes": 200,
+            })
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! The admin subcommands, one module per area of the API.
+
+pub mod collection;
+pub mod points;
+pub mod search;

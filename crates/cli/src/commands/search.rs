@@ -1,0 +1,189 @@
+//! `shoalctl search`: k-nearest-neighbour search for one vector or a file of queries.
+
+use std::path::PathBuf;
+
+use anyhow::{ensure, Result};
+use clap::Args;
+use serde::Serialize;
+use shoal_proto::v1;
+use shoal_types::Limits;
+
+use crate::client::{items_per_request, Clients};
+use crate::id::Id;
+use crate::io::read_npy;
+use crate::output::{self, table, vector_text, Format, Report};
+
+#[derive(Debug, Args)]
+#[group(id = "query", required = true, multiple = false, args = ["vector", "file"])]
+pub struct SearchArgs {
+    collection: String,
+    /// One query vector, e.g. "0.1,0.2,0.3".
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, value_parser = parse_component)]
+    vector: Option<Vec<f32>>,
+    /// A float32 N x D .npy file of queries.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Results per query.
+    #[arg(long, default_value_t = 10)]
+    k: u32,
+    #[command(flatten)]
+    params: SearchParamsArgs,
+    /// Also print the vectors of the hits.
+    #[arg(long)]
+    with_vectors: bool,
+}
+
+fn parse_component(s: &str) -> Result<f32, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))
+}
+
+/// Per-request search parameters; unset ones fall back to the collection's index params.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct SearchParamsArgs {
+    /// HNSW efSearch.
+    #[arg(long)]
+    pub ef: Option<u32>,
+    /// IVF nprobe.
+    #[arg(long)]
+    pub nprobe: Option<u32>,
+}
+
+impl SearchParamsArgs {
+    pub fn to_wire(self) -> v1::SearchParams {
+        v1::SearchParams {
+            ef_search: self.ef,
+            nprobe: self.nprobe,
+        }
+    }
+}
+
+pub async fn run(mut clients: Clients, format: Format, args: SearchArgs) -> Result<()> {
+    let queries: Vec<Vec<f32>> = match (args.vector, &args.file) {
+        (Some(vector), _) => vec![vector],
+        (None, Some(path)) => read_npy(path, None)?.iter().map(<[f32]>::to_vec).collect(),
+        (None, None) => Vec::new(),
+    };
+    ensure!(!queries.is_empty(), "no queries to search");
+    let dim = queries[0].len();
+    // A query goes out as its floats; its hits come back as ids, scores and maybe vectors.
+    let hit_bytes = 24 + if args.with_vectors { dim * 4 } else { 0 };
+    let query_bytes = (dim * 4).max(args.k as usize * hit_bytes);
+    let per_request = items_per_request(query_bytes, Limits::default().max_queries_per_search);
+
+    let mut results = Vec::with_capacity(queries.len());
+    for chunk in queries.chunks(per_request) {
+        let request = v1::SearchRequest {
+            collection: args.collection.clone(),
+            queries: chunk
+                .iter()
+                .map(|q| v1::Vector { values: q.clone() })
+                .collect(),
+            k: args.k,
+            params: Some(args.params.to_wire()),
+            with_vectors: args.with_vectors,
+        };
+        let response = clients.points.search(request).await?.into_inner();
+        ensure!(
+            response.results.len() == chunk.len(),
+            "the server returned {} results for {} queries",
+            response.results.len(),
+            chunk.len()
+        );
+        for result in response.results {
+            let hits = result
+                .hits
+                .into_iter()
+                .map(|hit| {
+                    Ok(Hit {
+                        id: Id::from_wire(hit.id)?,
+                        score: hit.score,
+                        vector: args.with_vectors.then_some(hit.vector),
+                    })
+                })
+                .collect::<Result<_>>()?;
+            results.push(hits);
+        }
+    }
+    output::print(format, &SearchReport(results))
+}
+
+#[derive(Serialize)]
+struct Hit {
+    id: Id,
+    score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vector: Option<Vec<f32>>,
+}
+
+#[derive(Serialize)]
+#[serde(transparent)]
+struct SearchReport(Vec<Vec<Hit>>);
+
+impl Report for SearchReport {
+    fn text(&self) -> String {
+        let many = self.0.len() > 1;
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(i, hits)| {
+                let rows: Vec<Vec<String>> = hits
+                    .iter()
+                    .enumerate()
+                    .map(|(rank, hit)| {
+                        let mut row = vec![
+                            (rank + 1).to_string(),
+                            hit.id.to_string(),
+                            hit.score.to_string(),
+                        ];
+                        row.extend(hit.vector.as_deref().map(vector_text));
+                        row
+                    })
+                    .collect();
+                let headers: &[&str] = if hits.iter().any(|h| h.vector.is_some()) {
+                    &["RANK", "ID", "SCORE", "VECTOR"]
+                } else {
+                    &["RANK", "ID", "SCORE"]
+                };
+                let body = table(headers, &rows);
+                if many {
+                    format!("query {i}:\n{body}")
+                } else {
+                    body
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_types::PointId;
+
+    use super::*;
+
+    #[test]
+    fn search_json_is_a_list_per_query() {
+        let report = SearchReport(vec![
+            vec![
+                Hit {
+                    id: Id(PointId::Num(3)),
+                    score: 0.5,
+                    vector: None,
+                },
+                Hit {
+                    id: Id(PointId::Str("a".into())),
+                    score: 1.0,
+                    vector: None,
+                },
+            ],
+            vec![],
+        ]);
+        assert_eq!(
+            serde_json::to_value(&report).unwrap(),
+            serde_json::json!([[{"id": 3, "score": 0.5}, {"id": "a", "score": 1.0}], []])
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! Node configuration: serde structs with defaults, layered as defaults -> TOML file ->
+//! `SHOAL__SECTION__KEY` environment variables -> command-line flags, then validated.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use shoal_index::SegmentConfig;
+use shoal_types::Limits;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub limits: Limits,
+    pub index: SegmentConfig,
+    pub runtime: RuntimeConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where RocksDB and segment files live.
+    pub data_dir: PathBuf,
+    /// gRPC address (public API, health, reflection).
+    pub listen: SocketAddr,
+    /// HTTP address for /metrics, /healthz and /readyz.
+    pub http: SocketAddr,
+    /// How long SIGTERM waits for in-flight requests, in seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("shoal-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7600)),
+            http: SocketAddr::from(([127, 0, 0, 1], 7680)),
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Async worker threads serving gRPC and HTTP (0 = number of CPUs).
+    pub io_threads: usize,
+    /// CPU pool for searches (0 = number of CPUs).
+    pub search_threads: usize,
+    /// CPU pool for index builds (0 = half the CPUs, at least 1). Also FAISS's OpenMP width.
+    pub build_threads: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            io_threads: 0,
+            search_threads: 0,
+            build_threads: 0,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    fn cpus() -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+
+    pub fn io_threads(&self) -> usize {
+        if self.io_threads == 0 {
+            Self::cpus()
+        } else {
+            self.io_threads
+        }
+    }
+
+    pub fn search_threads(&self) -> usize {
+        if self.search_threads == 0 {
+            Self::cpus()
+        } else {
+            self.search_threads
+        }
+    }
+
+    pub fn build_threads(&self) -> usize {
+        if self.build_threads == 0 {
+            (Self::cpus() / 2).max(1)
+        } else {
+            self.build_threads
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. "info" or "shoal=debug,info". `RUST_LOG` overrides it.
+    pub level: String,
+    /// "text" or "json".
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// Flags given on the command line; each overrides the file and the environment.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                bail!("config file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("SHOAL__").split("__").lowercase(true));
+        if let Some(dir) = &overrides.data_dir {
+            figment = figment.merge(("node.data_dir", dir));
+        }
+        if let Some(listen) = overrides.listen {
+            figment = figment.merge(("node.listen", listen));
+        }
+        if let Some(http) = overrides.http {
+            figment = figment.merge(("node.http", http));
+        }
+        let config: Config = figment.extract().context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.limits.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.index.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!(
+                "log.format must be \"text\" or \"json\", got {:?}",
+                self.log.format
+            );
+        }
+        if self.node.listen == self.node.http {
+            bail!(
+                "node.listen and node.http must differ (both {})",
+                self.node.listen
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn load_toml(text: &str) -> anyhow::Result<Config> {
+        let mut file = tempfile::NamedTempFile::new()?;
+        file.write_all(text.as_bytes())?;
+        Config::load(Some(file.path()), &Overrides::default())
+    }
+
+    #[test]
+    fn defaults_are_loopback_and_valid() {
+        let config = Config::load(None, &Overrides::default()).unwrap();
+        assert!(config.node.listen.ip().is_loopback());
+        assert!(config.node.http.ip().is_loopback());
+    }
+
+    #[test]
+    fn file_then_flags_override() {
+        let config =
+            load_toml("[node]\nlisten = \"127.0.0.1:9000\"\n[index]\nseal_threshold = 5000\n")
+                .unwrap();
+        assert_eq!(config.node.listen.port(), 9000);
+        assert_eq!(config.index.seal_threshold, 5000);
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"[node]\nlisten = \"127.0.0.1:9000\"\n")
+            .unwrap();
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:9100".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(file.path()), &overrides).unwrap();
+        assert_eq!(config.node.listen.port(), 9100);
+    }
+
+    #[test]
+    fn malformed_files_are_rejected_with_a_reason() {
+        for bad in [
+            "[node\nlisten = 1",
+            "[node]\nlisten = \"not an address\"",
+            "[node]\nunknown_key = 1",
+            "[limits]\nmax_k = 0",
+            "[log]\nformat = \"xml\"",
+        ] {
+            let err = load_toml(bad).unwrap_err();
+            assert!(!format!("{err:#}").is_empty(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! `shoal`: the Shoal server binary.
+//!
+//! `shoal node` starts a node. With no flags it runs on embedded defaults: data in
+//! `./shoal-data`, gRPC on 127.0.0.1:7600, HTTP (metrics, health) on 127.0.0.1:7680.
+
+mod config;
+mod grpc;
+mod http;
+mod node;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "Shoal: a distributed vector database"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run a node.
+    Node(NodeArgs),
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// TOML configuration file (see deploy/shoal.example.toml).
+    #[arg(long, env = "SHOAL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./shoal-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7600].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// HTTP address for /metrics, /healthz, /readyz [default: 127.0.0.1:7680].
+    #[arg(long)]
+    http: Option<std::net::SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Commands::Node(args) = cli.command;
+    let overrides = Overrides {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        http: args.http,
+    };
+    let config = match Config::load(args.config.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_tracing(&config.log) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
+    // FAISS parallelises builds with OpenMP; bound it to the build pool's width. Set before
+    // any thread exists, so no other thread reads the environment concurrently.
+    std::env::set_var(
+        "OMP_NUM_THREADS",
+        config.runtime.build_threads().to_string(),
+    );
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime.io_threads())
+        .thread_name("shoal-io")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(node::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "node failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(log: &config::LogConfig) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .map_err(|e| anyhow::anyhow!("log.level {:?}: {e}", log.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}

@@ -1,0 +1,832 @@
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use shoal_index::{
+    CollectionIndex, IndexFactory, IndexState, MaintenanceJob, SegmentConfig, SegmentMeta,
+    SegmentOrigin, SegmentSummary, VectorSource,
+};
+use shoal_storage::Store;
+use shoal_types::{
+    validate_ids, CollectionSpec, Command, Error, ErrorCode, Limits, Point, PointId, Result,
+    SearchParams,
+};
+
+use crate::metrics::ShardMetrics;
+
+const APPLIED: &str = "applied";
+const NEXT_COLLECTION: &str = "next_collection";
+
+fn next_row_key(coll: u32) -> String {
+    format!("next_row/{coll}")
+}
+
+/// What a [`Shard`] needs to know beyond its data.
+#[derive(Debug, Clone, Default)]
+pub struct ShardConfig {
+    pub limits: Limits,
+    pub segments: SegmentConfig,
+}
+
+/// A collection as recorded in the `collections` column family.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CollectionRecord {
+    spec: CollectionSpec,
+}
+
+struct Collection {
+    id: u32,
+    index: Arc<CollectionIndex>,
+    /// Next storage row; advanced only by the applier.
+    next_row: Mutex<u64>,
+}
+
+/// The result of applying a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub sequence: u64,
+    /// Points written or deleted.
+    pub affected: u64,
+}
+
+/// One search hit, with its vector when asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHit {
+    pub id: PointId,
+    pub score: f32,
+    pub vector: Option<Vec<f32>>,
+}
+
+/// Describe's view of a collection.
+#[derive(Debug, Clone)]
+pub struct CollectionDescription {
+    pub spec: CollectionSpec,
+    pub points: u64,
+    pub segments: Vec<SegmentSummary>,
+    pub index_state: IndexState,
+    pub disk_bytes: u64,
+    pub memory_bytes: u64,
+}
+
+/// One replica's state machine over RocksDB and the segmented index.
+pub struct Shard {
+    store: Arc<Store>,
+    factory: Arc<dyn IndexFactory>,
+    config: ShardConfig,
+    segments_dir: PathBuf,
+    collections: RwLock<BTreeMap<String, Arc<Collection>>>,
+    /// Serialises appliers; in a replicated node there is exactly one anyway.
+    apply_lock: Mutex<()>,
+    metrics: ShardMetrics,
+}
+
+impl Shard {
+    /// Opens the shard stored under `data_dir`: RocksDB in `db/`, segment files in
+    /// `segments/<collection id>/`. Sealed segments are loaded, not rebuilt.
+    pub fn open(
+        data_dir: &Path,
+        factory: Arc<dyn IndexFactory>,
+        config: ShardConfig,
+        metrics: ShardMetrics,
+    ) -> Result<Self> {
+        let store = Arc::new(Store::open(&data_dir.join("db"))?);
+        let segments_dir = data_dir.join("segments");
+        fs::create_dir_all(&segments_dir)
+            .map_err(|e| Error::internal(format!("creating {}: {e}", segments_dir.display())))?;
+        let mut collections = BTreeMap::new();
+        for (id, record) in store.collections::<CollectionRecord>()? {
+            let coll =
+                Self::load_collection(&store, &factory, &config, &segments_dir, id, record.spec)?;
+            for seg in coll.index.summary() {
+                if seg.origin == Some(SegmentOrigin::Loaded) {
+                    metrics.segments.with_label_values(&["loaded"]).inc();
+                }
+            }
+            collections.insert(coll.index.spec().name.clone(), Arc::new(coll));
+        }
+        remove_dropped_dirs(&segments_dir, &collections)?;
+        metrics
+            .applied_sequence
+            .set(store.counter(APPLIED)?.unwrap_or(0) as i64);
+        Ok(Self {
+            store,
+            factory,
+            config,
+            segments_dir,
+            collections: RwLock::new(collections),
+            apply_lock: Mutex::new(()),
+            metrics,
+        })
+    }
+
+    fn load_collection(
+        store: &Store,
+        factory: &Arc<dyn IndexFactory>,
+        config: &ShardConfig,
+        segments_dir: &Path,
+        id: u32,
+        spec: CollectionSpec,
+    ) -> Result<Collection> {
+        let metas: Vec<SegmentMeta> = store.segments(id)?;
+        let live = store.points(id)?;
+        let watermark = metas.iter().map(|m| m.row_end).max().unwrap_or(0);
+        let growing = store
+            .rows_from(id, watermark)?
+            .into_iter()
+            .map(|r| (r.row, r.id, r.vector))
+            .collect();
+        let next_row = store.counter(&next_row_key(id))?.unwrap_or(0);
+        let name = spec.name.clone();
+        let index = CollectionIndex::open(
+            spec,
+            factory.clone(),
+            config.segments.clone(),
+            segments_dir.join(id.to_string()),
+            metas,
+            live,
+            growing,
+        )?;
+        tracing::info!(collection = %name, id, points = index.len(), "collection opened");
+        Ok(Collection {
+            id,
+            index: Arc::new(index),
+            next_row: Mutex::new(next_row),
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    pub fn metrics(&self) -> &ShardMetrics {
+        &self.metrics
+    }
+
+    /// Sequence number of the last command applied.
+    pub fn applied_sequence(&self) -> Result<u64> {
+        Ok(self.store.counter(APPLIED)?.unwrap_or(0))
+    }
+
+    fn collection(&self, name: &str) -> Result<Arc<Collection>> {
+        self.collections
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::unknown_collection(name))
+    }
+
+    /// Checks everything about a command that does not depend on the state, so a bad request
+    /// is refused before it is sequenced.
+    pub fn precheck(&self, cmd: &Command) -> Result<()> {
+        let limits = &self.config.limits;
+        match cmd {
+            Command::CreateCollection(spec) => {
+                spec.validate(limits)?;
+                self.factory.validate(spec)
+            }
+            Command::DropCollection { .. } => Ok(()),
+            Command::Upsert { collection, points } => {
+                limits.check_batch("upsert", points.len(), limits.max_points_per_request)?;
+                let coll = self.collection(collection)?;
+                Point::validate_batch(coll.index.spec(), points)
+            }
+            Command::Delete { collection, ids } => {
+                limits.check_batch("delete", ids.len(), limits.max_points_per_request)?;
+                self.collection(collection)?;
+                validate_ids(ids)
+            }
+        }
+    }
+
+    /// Applies `cmd` as command number `sequence`. A rejected command (unknown collection,
+    /// bad vector...) still consumes its sequence number, identically on every replica.
+    /// Writes are not synced: the caller makes them durable (a WAL sync or the Raft log).
+    pub fn apply(&self, sequence: u64, cmd: Command) -> Result<Outcome> {
+        let _applier = self.apply_lock.lock();
+        let kind = match &cmd {
+            Command::CreateCollection(_) => "create_collection",
+            Command::DropCollection { .. } => "drop_collection",
+            Command::Upsert { .. } => "upsert",
+            Command::Delete { .. } => "delete",
+        };
+        let result = match cmd {
+            Command::CreateCollection(spec) => self.apply_create(sequence, spec),
+            Command::DropCollection { name } => self.apply_drop(sequence, &name),
+            Command::Upsert { collection, points } => {
+                self.apply_upsert(sequence, &collection, points)
+            }
+            Command::Delete { collection, ids } => self.apply_delete(sequence, &collection, &ids),
+        };
+        let result = match result {
+            Err(e) if e.code != ErrorCode::Internal => {
+                // Rejected deterministically: record only that the sequence number was used.
+                let mut batch = self.store.batch();
+                batch.put_counter(APPLIED, sequence);
+                batch.commit(false)?;
+                Err(e)
+            }
+            other => other,
+        };
+        self.metrics.applied_sequence.set(sequence as i64);
+        self.metrics
+            .commands_applied
+            .with_label_values(&[kind, if result.is_ok() { "ok" } else { "rejected" }])
+            .inc();
+        result
+    }
+
+    fn apply_create(&self, sequence: u64, spec: CollectionSpec) -> Result<Outcome> {
+        spec.validate(&self.config.limits)?;
+        self.factory.validate(&spec)?;
+        let mut collections = self.collections.write();
+        if collections.contains_key(&spec.name) {
+            return Err(Error::new(
+                ErrorCode::AlreadyExists,
+                format!("collection {:?} already exists", spec.name),
+            ));
+        }
+        let id = self.store.counter(NEXT_COLLECTION)?.unwrap_or(1) as u32;
+        let index = CollectionIndex::open(
+            spec.clone(),
+            self.factory.clone(),
+            self.config.segments.clone(),
+            self.segments_dir.join(id.to_string()),
+            Vec::new(),
+            Default::default(),
+            Vec::new(),
+        )?;
+        let mut batch = self.store.batch();
+        batch.put_collection(id, &CollectionRecord { spec: spec.clone() });
+        batch.put_counter(NEXT_COLLECTION, u64::from(id) + 1);
+        batch.put_counter(APPLIED, sequence);
+        batch.commit(false)?;
+        collections.insert(
+            spec.name.clone(),
+            Arc::new(Collection {
+                id,
+                index: Arc::new(index),
+                next_row: Mutex::new(0),
+            }),
+        );
+        tracing::info!(collection = %spec.name, id, index = %spec.index, "collection created");
+        Ok(Outcome {
+            sequence,
+            affected: 0,
+        })
+    }
+
+    fn apply_drop(&self, sequence: u64, name: &str) -> Result<Outcome> {
+        let mut collections = self.collections.write();
+        let coll = collections
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::unknown_collection(name))?;
+        let mut batch = self.store.batch();
+        batch.delete_collection(coll.id);
+        batch.put_counter(APPLIED, sequence);
+        batch.commit(false)?;
+        collections.remove(name);
+        let dir = coll.index.dir().to_path_buf();
+        drop(collections);
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a dropped collection's files; they are removed at the next start");
+        }
+        tracing::info!(collection = %name, "collection dropped");
+        Ok(Outcome {
+            sequence,
+            affected: coll.index.len() as u64,
+        })
+    }
+
+    fn apply_upsert(&self, sequence: u64, name: &str, points: Vec<Point>) -> Result<Outcome> {
+        let coll = self.collection(name)?;
+        Point::validate_batch(coll.index.spec(), &points)?;
+        let ids: Vec<PointId> = points.iter().map(|p| p.id.clone()).collect();
+        let old_rows = coll.index.rows_of(&ids);
+        let mut next_row = coll.next_row.lock();
+        let mut batch = self.store.batch();
+        let mut rows = Vec::with_capacity(points.len());
+        for (point, old) in points.into_iter().zip(old_rows) {
+            if let Some(old) = old {
+                batch.delete_row(coll.id, old);
+            }
+            let row = *next_row;
+            *next_row += 1;
+            batch.put_point(coll.id, &point.id, row, &point.vector);
+            rows.push((row, point.id, point.vector));
+        }
+        batch.put_counter(&next_row_key(coll.id), *next_row);
+        batch.put_counter(APPLIED, sequence);
+        batch.commit(false)?;
+        let affected = rows.len() as u64;
+        coll.index.upsert(rows);
+        Ok(Outcome { sequence, affected })
+    }
+
+    fn apply_delete(&self, sequence: u64, name: &str, ids: &[PointId]) -> Result<Outcome> {
+        let coll = self.collection(name)?;
+        validate_ids(ids)?;
+        let mut batch = self.store.batch();
+        for (id, row) in ids.iter().zip(coll.index.rows_of(ids)) {
+            if let Some(row) = row {
+                batch.delete_point(coll.id, id, row);
+            }
+        }
+        batch.put_counter(APPLIED, sequence);
+        batch.commit(false)?;
+        let affected = coll.index.delete(ids) as u64;
+        Ok(Outcome { sequence, affected })
+    }
+
+    /// Makes every applied command durable.
+    pub fn sync(&self) -> Result<()> {
+        self.metrics.wal_syncs.inc();
+        self.store.sync_wal()
+    }
+
+    pub fn describe(&self, name: &str) -> Result<CollectionDescription> {
+        let coll = self.collection(name)?;
+        Ok(describe(&coll))
+    }
+
+    pub fn list(&self) -> Vec<CollectionDescription> {
+        let collections: Vec<Arc<Collection>> = self.collections.read().values().cloned().collect();
+        collections.iter().map(|c| describe(c)).collect()
+    }
+
+    pub fn count(&self, name: &str) -> Result<u64> {
+        Ok(self.collection(name)?.index.len() as u64)
+    }
+
+    /// The live points among `ids`, in request order, and the ids that are missing.
+    pub fn get(
+        &self,
+        name: &str,
+        ids: &[PointId],
+        with_vectors: bool,
+    ) -> Result<(Vec<Point>, Vec<PointId>)> {
+        let limits = &self.config.limits;
+        limits.check_batch("get", ids.len(), limits.max_points_per_request)?;
+        validate_ids(ids)?;
+        let coll = self.collection(name)?;
+        let rows = coll.index.rows_of(ids);
+        let present: Vec<u64> = rows.iter().flatten().copied().collect();
+        let mut stored = if with_vectors {
+            self.store.rows(coll.id, &present)?.into_iter()
+        } else {
+            Vec::new().into_iter()
+        };
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for (id, row) in ids.iter().zip(rows) {
+            match row {
+                Some(_) => {
+                    let vector = if with_vectors {
+                        stored
+                            .next()
+                            .flatten()
+                            .map(|r| r.vector)
+                            .unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    };
+                    found.push(Point {
+                        id: id.clone(),
+                        vector,
+                    });
+                }
+                None => missing.push(id.clone()),
+            }
+        }
+        Ok((found, missing))
+    }
+
+    /// k-NN search. CPU-heavy: call on a CPU pool.
+    pub fn search(
+        &self,
+        name: &str,
+        queries: &[Vec<f32>],
+        k: u32,
+        params: &SearchParams,
+        with_vectors: bool,
+    ) -> Result<Vec<Vec<SearchHit>>> {
+        let limits = &self.config.limits;
+        limits.check_k(k)?;
+        limits.check_batch("search", queries.len(), limits.max_queries_per_search)?;
+        let coll = self.collection(name)?;
+        let spec = coll.index.spec();
+        let mut flat = Vec::with_capacity(queries.len() * spec.dimension as usize);
+        for (i, q) in queries.iter().enumerate() {
+            spec.check_vector(&format_args!("query {i}"), q)?;
+            flat.extend_from_slice(q);
+        }
+        let results = coll.index.search(&flat, k as usize, params)?;
+        results
+            .into_iter()
+            .map(|hits| {
+                let vectors = if with_vectors {
+                    let rows: Vec<u64> = hits.iter().map(|h| h.row).collect();
+                    self.store.rows(coll.id, &rows)?
+                } else {
+                    Vec::new()
+                };
+                Ok(hits
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, h)| SearchHit {
+                        id: h.id,
+                        score: h.score,
+                        vector: vectors.get(i).cloned().flatten().map(|r| r.vector),
+                    })
+                    .collect())
+            })
+            .collect()
+    }
+
+    /// Takes the next maintenance job of every collection that has one.
+    pub(crate) fn next_jobs(&self) -> Vec<(Arc<CollectionIndex>, u32, MaintenanceJob)> {
+        let collections: Vec<Arc<Collection>> = self.collections.read().values().cloned().collect();
+        collections
+            .into_iter()
+            .filter_map(|c| c.index.next_job().map(|job| (c.index.clone(), c.id, job)))
+            .collect()
+    }
+
+    /// Builds a job's segment, records it durably, then makes it visible. If the collection
+    /// was dropped meanwhile, the result is discarded.
+    pub(crate) fn run_job(
+        &self,
+        index: &CollectionIndex,
+        coll_id: u32,
+        job: MaintenanceJob,
+    ) -> Result<()> {
+        let started = std::time::Instant::now();
+        let source = StoreVectors {
+            store: &self.store,
+            coll: coll_id,
+        };
+        let built = match job.build(index, &source) {
+            Ok(built) => built,
+            Err(e) => {
+                index.abort(job);
+                return Err(e);
+            }
+        };
+        let collections = self.collections.read();
+        let still_there = collections
+            .get(&index.spec().name)
+            .is_some_and(|c| c.id == coll_id);
+        if !still_there {
+            index.abort(job);
+            return Ok(());
+        }
+        let mut batch = self.store.batch();
+        if let Some(meta) = built.meta() {
+            batch.put_segment(coll_id, meta.id, meta);
+        }
+        for old in job.replaced() {
+            batch.delete_segment(coll_id, old);
+        }
+        if let Err(e) = batch.commit(true) {
+            index.abort(job);
+            return Err(e);
+        }
+        let unreferenced = index.install(job, built);
+        drop(collections);
+        for files in unreferenced {
+            for path in [files.index, files.rows] {
+                if let Err(e) = fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove a replaced segment file");
+                }
+            }
+        }
+        self.metrics.segments.with_label_values(&["built"]).inc();
+        self.metrics
+            .segment_build_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+fn describe(coll: &Collection) -> CollectionDescription {
+    let segments = coll.index.summary();
+    CollectionDescription {
+        spec: coll.index.spec().clone(),
+        points: coll.index.len() as u64,
+        memory_bytes: segments.iter().map(|s| s.bytes).sum(),
+        segments,
+        index_state: coll.index.index_state(),
+        disk_bytes: coll.index.disk_bytes(),
+    }
+}
+
+/// Removes segment directories of collections that no longer exist (a drop interrupted by
+/// a crash after its commit).
+fn remove_dropped_dirs(dir: &Path, collections: &BTreeMap<String, Arc<Collection>>) -> Result<()> {
+    let entries = fs::read_dir(dir)
+        .map_err(|e| Error::internal(format!("listing {}: {e}", dir.display())))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let known = collections.values().any(|c| c.id.to_string() == name);
+        if !known {
+            tracing::info!(path = %entry.path().display(), "removing files of a dropped collection");
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// Original vectors for merges, read from RocksDB.
+struct StoreVectors<'a> {
+    store: &'a Store,
+    coll: u32,
+}
+
+impl VectorSource for StoreVectors<'_> {
+    fn vectors(&self, rows: &[u64]) -> Result<Vec<Option<Vec<f32>>>> {
+        Ok(self
+            .store
+            .rows(self.coll, rows)?
+            .into_iter()
+            .map(|r| r.map(|r| r.vector))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use shoal_index::IndexState;
+    use shoal_index_faiss::FaissFactory;
+    use shoal_types::{IndexParams, Metric};
+
+    use super::*;
+
+    const DIM: usize = 8;
+
+    fn open(dir: &Path, seal_threshold: usize) -> Shard {
+        let config = ShardConfig {
+            limits: Limits::default(),
+            segments: SegmentConfig {
+                seal_threshold,
+                min_seal_points: seal_threshold,
+                seal_idle_ms: 0,
+                max_segment_points: 10 * seal_threshold,
+                compaction_deleted_ratio: 0.2,
+            },
+        };
+        let metrics = ShardMetrics::new(&prometheus::Registry::new()).unwrap();
+        Shard::open(dir, Arc::new(FaissFactory), config, metrics).unwrap()
+    }
+
+    fn spec(index: &str, metric: Metric) -> CollectionSpec {
+        CollectionSpec {
+            name: "c".into(),
+            dimension: DIM as u32,
+            metric,
+            index: index.into(),
+            params: IndexParams::default(),
+        }
+    }
+
+    fn random_points(rng: &mut ChaCha8Rng, ids: std::ops::Range<u64>) -> Vec<Point> {
+        ids.map(|id| Point {
+            id: PointId::Num(id),
+            vector: (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect(),
+        })
+        .collect()
+    }
+
+    /// Runs background work to completion, the way `Maintenance` would.
+    fn settle(shard: &Shard) {
+        loop {
+            let jobs = shard.next_jobs();
+            if jobs.is_empty() {
+                break;
+            }
+            for (index, coll, job) in jobs {
+                shard.run_job(&index, coll, job).unwrap();
+            }
+        }
+    }
+
+    struct Applier<'a> {
+        shard: &'a Shard,
+        seq: u64,
+    }
+
+    impl Applier<'_> {
+        fn apply(&mut self, cmd: Command) -> Result<Outcome> {
+            self.seq += 1;
+            self.shard.apply(self.seq, cmd)
+        }
+    }
+
+    fn brute_force(
+        metric: Metric,
+        points: &BTreeMap<PointId, Vec<f32>>,
+        q: &[f32],
+        k: usize,
+    ) -> Vec<PointId> {
+        let prep = |v: &[f32]| {
+            let mut v = v.to_vec();
+            metric.prepare(&mut v);
+            v
+        };
+        let q = prep(q);
+        let mut scored: Vec<(f32, &PointId)> = points
+            .iter()
+            .map(|(id, v)| (metric.score(&q, &prep(v)), id))
+            .collect();
+        scored.sort_by(|a, b| {
+            let ord = if metric.higher_is_better() {
+                b.0.total_cmp(&a.0)
+            } else {
+                a.0.total_cmp(&b.0)
+            };
+            ord.then_with(|| a.1.cmp(b.1))
+        });
+        scored
+            .into_iter()
+            .take(k)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    fn search_ids(shard: &Shard, q: &[f32], k: u32) -> Vec<PointId> {
+        shard
+            .search("c", &[q.to_vec()], k, &SearchParams::default(), false)
+            .unwrap()[0]
+            .iter()
+            .map(|h| h.id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn flat_equals_brute_force_through_seal_delete_overwrite_merge_and_restart() {
+        for metric in [Metric::L2, Metric::InnerProduct, Metric::Cosine] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut rng = ChaCha8Rng::seed_from_u64(11);
+            let mut expected: BTreeMap<PointId, Vec<f32>> = BTreeMap::new();
+            let queries: Vec<Vec<f32>> = random_points(&mut rng, 0..20)
+                .into_iter()
+                .map(|p| p.vector)
+                .collect();
+            let check = |shard: &Shard, expected: &BTreeMap<PointId, Vec<f32>>| {
+                assert_eq!(shard.count("c").unwrap(), expected.len() as u64);
+                for q in &queries {
+                    assert_eq!(
+                        search_ids(shard, q, 10),
+                        brute_force(metric, expected, q, 10),
+                        "{metric}"
+                    );
+                }
+            };
+            {
+                let shard = open(dir.path(), 100);
+                let mut log = Applier {
+                    shard: &shard,
+                    seq: 0,
+                };
+                log.apply(Command::CreateCollection(spec("Flat", metric)))
+                    .unwrap();
+                for batch in 0..5u64 {
+                    let points = random_points(&mut rng, batch * 60..batch * 60 + 60);
+                    for p in &points {
+                        expected.insert(p.id.clone(), p.vector.clone());
+                    }
+                    log.apply(Command::Upsert {
+                        collection: "c".into(),
+                        points,
+                    })
+                    .unwrap();
+                }
+                check(&shard, &expected); // all growing
+                settle(&shard);
+                check(&shard, &expected); // sealed
+                let doomed: Vec<PointId> = (0..150).step_by(2).map(PointId::Num).collect();
+                for id in &doomed {
+                    expected.remove(id);
+                }
+                log.apply(Command::Delete {
+                    collection: "c".into(),
+                    ids: doomed,
+                })
+                .unwrap();
+                let overwritten = random_points(&mut rng, 200..230);
+                for p in &overwritten {
+                    expected.insert(p.id.clone(), p.vector.clone());
+                }
+                log.apply(Command::Upsert {
+                    collection: "c".into(),
+                    points: overwritten,
+                })
+                .unwrap();
+                check(&shard, &expected); // tombstones in sealed segments
+                settle(&shard);
+                let description = shard.describe("c").unwrap();
+                assert_eq!(description.index_state, IndexState::Ready);
+                assert!(
+                    description.segments.iter().all(|s| s.deleted == 0),
+                    "compaction dropped tombstones: {:?}",
+                    description.segments
+                );
+                check(&shard, &expected); // after merge and compaction
+                shard.sync().unwrap();
+            }
+            let shard = open(dir.path(), 100);
+            let description = shard.describe("c").unwrap();
+            let sealed: Vec<_> = description
+                .segments
+                .iter()
+                .filter(|s| s.state == shoal_index::SegmentState::Sealed)
+                .collect();
+            assert!(
+                !sealed.is_empty()
+                    && sealed
+                        .iter()
+                        .all(|s| s.origin == Some(SegmentOrigin::Loaded)),
+                "{:?}",
+                description.segments
+            );
+            check(&shard, &expected); // after restart, loaded not rebuilt
+        }
+    }
+
+    #[test]
+    fn rejected_commands_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = open(dir.path(), 1000);
+        let mut log = Applier {
+            shard: &shard,
+            seq: 0,
+        };
+        log.apply(Command::CreateCollection(spec("Flat", Metric::L2)))
+            .unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        log.apply(Command::Upsert {
+            collection: "c".into(),
+            points: random_points(&mut rng, 0..10),
+        })
+        .unwrap();
+
+        let exists = log
+            .apply(Command::CreateCollection(spec("Flat", Metric::L2)))
+            .unwrap_err();
+        assert_eq!(exists.code, ErrorCode::AlreadyExists);
+        let mut bad = random_points(&mut rng, 10..12);
+        bad[1].vector[0] = f32::NAN;
+        assert_eq!(
+            log.apply(Command::Upsert {
+                collection: "c".into(),
+                points: bad
+            })
+            .unwrap_err()
+            .code,
+            ErrorCode::InvalidArgument
+        );
+        let unknown = log
+            .apply(Command::Delete {
+                collection: "nope".into(),
+                ids: vec![1.into()],
+            })
+            .unwrap_err();
+        assert_eq!(unknown.code, ErrorCode::NotFound);
+        assert!(shard
+            .precheck(&Command::CreateCollection(spec(
+                "HNSW-nonsense",
+                Metric::L2
+            )))
+            .is_err());
+        assert_eq!(shard.count("c").unwrap(), 10);
+        assert_eq!(shard.applied_sequence().unwrap(), 5);
+    }
+
+    #[test]
+    fn get_returns_vectors_as_written_and_lists_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = open(dir.path(), 1000);
+        let mut log = Applier {
+            shard: &shard,
+            seq: 0,
+        };
+        log.apply(Command::CreateCollection(spec("Flat", Metric::Cosine)))
+            .unwrap();
+        let p = Point {
+            id: "driver_1001".into(),
+            vector: vec![3.0; DIM],
+        };
+        log.apply(Command::Upsert {
+            collection: "c".into(),
+            points: vec![p.clone()],
+        })
+        .unwrap();
+        let (found, missing) = shard.get("c", &[p.id.clone(), 7.into()], true).unwrap();
+        assert_eq!(found, vec![p]);
+        assert_eq!(missing, vec![PointId::Num(7)]);
+    }
+}

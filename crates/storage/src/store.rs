@@ -1,0 +1,328 @@
+use std::collections::HashMap;
+use std::path::Path;
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options,
+    WriteBatch, WriteOptions, DB,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use shoal_types::{Error, PointId, Result};
+
+use crate::keys::{
+    collection_key, collection_range, decode_row, number_from_key, numbered_key, point_id_from_key,
+    point_key, row_value, u64_value,
+};
+
+const CF_COLLECTIONS: &str = "collections";
+const CF_POINTS: &str = "points";
+const CF_ROWS: &str = "rows";
+const CF_SEGMENTS: &str = "segments";
+const CF_STATE: &str = "state";
+const COLUMN_FAMILIES: [&str; 5] = [CF_COLLECTIONS, CF_POINTS, CF_ROWS, CF_SEGMENTS, CF_STATE];
+
+fn db_error(what: &str, err: rocksdb::Error) -> Error {
+    Error::internal(format!("RocksDB {what}: {err}"))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Encoding plain in-memory structs into a Vec cannot fail.
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    postcard::from_bytes(bytes).map_err(|e| Error::internal(format!("corrupt {what} record: {e}")))
+}
+
+/// A row as stored: the point it belongs to and its vector as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRow {
+    pub row: u64,
+    pub id: PointId,
+    pub vector: Vec<f32>,
+}
+
+/// A node's RocksDB database.
+pub struct Store {
+    db: DB,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(DBCompressionType::Lz4);
+        opts.set_keep_log_file_num(4);
+        let cfs = COLUMN_FAMILIES.iter().map(|name| {
+            let mut cf_opts = Options::default();
+            cf_opts.set_compression_type(DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(*name, cf_opts)
+        });
+        let db = DB::open_cf_descriptors(&opts, path, cfs)
+            .map_err(|e| Error::internal(format!("opening RocksDB at {}: {e}", path.display())))?;
+        Ok(Self { db })
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        // Every column family is created at open; a missing one is a programming error.
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| unreachable!("column family {name} is created at open"))
+    }
+
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            store: self,
+            inner: WriteBatch::default(),
+        }
+    }
+
+    /// All collection records, by collection id.
+    pub fn collections<T: DeserializeOwned>(&self) -> Result<Vec<(u32, T)>> {
+        self.db
+            .iterator_cf(&self.cf(CF_COLLECTIONS), IteratorMode::Start)
+            .map(|item| {
+                let (key, value) = item.map_err(|e| db_error("scanning collections", e))?;
+                let id = key
+                    .as_ref()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| Error::internal("corrupt collection key"))?;
+                Ok((id, decode("collection", &value)?))
+            })
+            .collect()
+    }
+
+    /// Every segment record of a collection, by segment id.
+    pub fn segments<T: DeserializeOwned>(&self, coll: u32) -> Result<Vec<T>> {
+        let (from, to) = collection_range(coll);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            &self.cf(CF_SEGMENTS),
+            IteratorMode::From(&from, Direction::Forward),
+        ) {
+            let (key, value) = item.map_err(|e| db_error("scanning segments", e))?;
+            if key.as_ref() >= to.as_slice() {
+                break;
+            }
+            out.push(decode("segment", &value)?);
+        }
+        Ok(out)
+    }
+
+    /// The live id map of a collection: point id -> row.
+    pub fn points(&self, coll: u32) -> Result<HashMap<PointId, u64>> {
+        let (from, to) = collection_range(coll);
+        let mut out = HashMap::new();
+        for item in self.db.iterator_cf(
+            &self.cf(CF_POINTS),
+            IteratorMode::From(&from, Direction::Forward),
+        ) {
+            let (key, value) = item.map_err(|e| db_error("scanning points", e))?;
+            if key.as_ref() >= to.as_slice() {
+                break;
+            }
+            out.insert(point_id_from_key(&key)?, u64_value(&value)?);
+        }
+        Ok(out)
+    }
+
+    /// The current row of a point, if it is live.
+    pub fn point_row(&self, coll: u32, id: &PointId) -> Result<Option<u64>> {
+        self.db
+            .get_cf(&self.cf(CF_POINTS), point_key(coll, id))
+            .map_err(|e| db_error("reading a point", e))?
+            .map(|v| u64_value(&v))
+            .transpose()
+    }
+
+    /// Stored rows by row number, in order; `None` for rows that no longer exist.
+    pub fn rows(&self, coll: u32, rows: &[u64]) -> Result<Vec<Option<StoredRow>>> {
+        let cf = self.cf(CF_ROWS);
+        let keys: Vec<_> = rows.iter().map(|r| (&cf, numbered_key(coll, *r))).collect();
+        self.db
+            .multi_get_cf(keys)
+            .into_iter()
+            .zip(rows)
+            .map(|(res, row)| {
+                let value = res.map_err(|e| db_error("reading rows", e))?;
+                value
+                    .map(|v| {
+                        decode_row(&v).map(|(id, vector)| StoredRow {
+                            row: *row,
+                            id,
+                            vector,
+                        })
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// Every stored row of a collection at or above `from_row`, ascending.
+    pub fn rows_from(&self, coll: u32, from_row: u64) -> Result<Vec<StoredRow>> {
+        let start = numbered_key(coll, from_row);
+        let (_, to) = collection_range(coll);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            &self.cf(CF_ROWS),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (key, value) = item.map_err(|e| db_error("scanning rows", e))?;
+            if key.as_ref() >= to.as_slice() {
+                break;
+            }
+            let (id, vector) = decode_row(&value)?;
+            out.push(StoredRow {
+                row: number_from_key(&key)?,
+                id,
+                vector,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A named counter from the `state` column family.
+    pub fn counter(&self, name: &str) -> Result<Option<u64>> {
+        self.db
+            .get_cf(&self.cf(CF_STATE), name.as_bytes())
+            .map_err(|e| db_error("reading state", e))?
+            .map(|v| u64_value(&v))
+            .transpose()
+    }
+
+    /// Makes every write so far durable (fsyncs the write-ahead log).
+    pub fn sync_wal(&self) -> Result<()> {
+        self.db
+            .flush_wal(true)
+            .map_err(|e| db_error("syncing the WAL", e))
+    }
+}
+
+/// An atomic group of writes.
+pub struct Batch<'a> {
+    store: &'a Store,
+    inner: WriteBatch,
+}
+
+impl Batch<'_> {
+    pub fn put_collection<T: Serialize>(&mut self, coll: u32, record: &T) {
+        self.inner.put_cf(
+            &self.store.cf(CF_COLLECTIONS),
+            collection_key(coll),
+            encode(record),
+        );
+    }
+
+    /// Removes a collection and every point, row and segment record it has.
+    pub fn delete_collection(&mut self, coll: u32) {
+        self.inner
+            .delete_cf(&self.store.cf(CF_COLLECTIONS), collection_key(coll));
+        let (from, to) = collection_range(coll);
+        for cf in [CF_POINTS, CF_ROWS, CF_SEGMENTS] {
+            self.inner
+                .delete_range_cf(&self.store.cf(cf), from.as_slice(), to.as_slice());
+        }
+    }
+
+    pub fn put_point(&mut self, coll: u32, id: &PointId, row: u64, vector: &[f32]) {
+        self.inner.put_cf(
+            &self.store.cf(CF_POINTS),
+            point_key(coll, id),
+            row.to_be_bytes(),
+        );
+        self.inner.put_cf(
+            &self.store.cf(CF_ROWS),
+            numbered_key(coll, row),
+            row_value(id, vector),
+        );
+    }
+
+    /// Removes a point's id entry and its row.
+    pub fn delete_point(&mut self, coll: u32, id: &PointId, row: u64) {
+        self.inner
+            .delete_cf(&self.store.cf(CF_POINTS), point_key(coll, id));
+        self.delete_row(coll, row);
+    }
+
+    /// Removes a superseded row (the id entry now points elsewhere).
+    pub fn delete_row(&mut self, coll: u32, row: u64) {
+        self.inner
+            .delete_cf(&self.store.cf(CF_ROWS), numbered_key(coll, row));
+    }
+
+    pub fn put_segment<T: Serialize>(&mut self, coll: u32, segment: u64, record: &T) {
+        self.inner.put_cf(
+            &self.store.cf(CF_SEGMENTS),
+            numbered_key(coll, segment),
+            encode(record),
+        );
+    }
+
+    pub fn delete_segment(&mut self, coll: u32, segment: u64) {
+        self.inner
+            .delete_cf(&self.store.cf(CF_SEGMENTS), numbered_key(coll, segment));
+    }
+
+    pub fn put_counter(&mut self, name: &str, value: u64) {
+        self.inner.put_cf(
+            &self.store.cf(CF_STATE),
+            name.as_bytes(),
+            value.to_be_bytes(),
+        );
+    }
+
+    /// Applies the batch atomically; with `sync`, returns once it is durable.
+    pub fn commit(self, sync: bool) -> Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.store
+            .db
+            .write_opt(self.inner, &opts)
+            .map_err(|e| db_error("writing", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_atomic_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut b = store.batch();
+            b.put_collection(1, &"spec-one".to_owned());
+            b.put_point(1, &PointId::Num(5), 0, &[1.0, 2.0]);
+            b.put_point(1, &"k".into(), 1, &[3.0, 4.0]);
+            b.put_point(2, &PointId::Num(5), 0, &[9.0, 9.0]);
+            b.put_counter("applied", 3);
+            b.commit(true).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.counter("applied").unwrap(), Some(3));
+        assert_eq!(
+            store.collections::<String>().unwrap(),
+            vec![(1, "spec-one".to_owned())]
+        );
+        assert_eq!(store.points(1).unwrap().len(), 2);
+        assert_eq!(store.point_row(1, &"k".into()).unwrap(), Some(1));
+        let rows = store.rows(1, &[1, 7]).unwrap();
+        assert_eq!(rows[0].as_ref().unwrap().vector, vec![3.0, 4.0]);
+        assert!(rows[1].is_none());
+        assert_eq!(store.rows_from(1, 1).unwrap().len(), 1);
+
+        let mut b = store.batch();
+        b.delete_collection(1);
+        b.commit(true).unwrap();
+        assert!(store.points(1).unwrap().is_empty());
+        assert_eq!(
+            store.points(2).unwrap().len(),
+            1,
+            "other collections untouched"
+        );
+    }
+}

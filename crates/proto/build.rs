@@ -10,7 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("shoal_descriptor.bin"))
-        .compile_protos(&protos, &[root.clone()])?;
+        .compile_protos(&protos, std::slice::from_ref(&root))?;
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
     }

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use shoal_types::{CollectionSpec, Error, PointId, Result, SearchParams};
 
 use crate::factory::{IndexFactory, SealedIndex, SegmentOrigin, VectorSource};
-use crate::segment::{Body, Segment, SegmentState};
-use crate::topk::{merge_top_k, Scored};
+use crate::segment::{Body, Segment, SegmentHits, SegmentState};
+use crate::topk::merge_top_k;
 
 /// When segments are sealed, merged and compacted. Configurable under `[index]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -530,7 +530,7 @@ impl CollectionIndex {
             state.by_start.values().cloned().collect()
         };
         let nq = queries.len() / dim;
-        let mut per_query: Vec<Vec<Vec<Scored<(PointId, u64)>>>> = vec![Vec::new(); nq];
+        let mut per_query: Vec<SegmentHits> = vec![Vec::new(); nq];
         for seg in &segments {
             for (q, hits) in seg
                 .search(metric, dim, &prepared, k, params)?

@@ -5,6 +5,9 @@ use crate::factory::{SealedIndex, SegmentOrigin};
 use crate::tombstones::Tombstones;
 use crate::topk::Scored;
 
+/// Per query, a segment's hits: score and (point id, row).
+pub(crate) type SegmentHits = Vec<Vec<Scored<(PointId, u64)>>>;
+
 /// Lifecycle of a segment, as reported by describe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentState {
@@ -99,7 +102,7 @@ impl Segment {
         queries: &[f32],
         k: usize,
         params: &SearchParams,
-    ) -> Result<Vec<Vec<Scored<(PointId, u64)>>>> {
+    ) -> Result<SegmentHits> {
         if self.live_points() == 0 {
             return Ok(vec![Vec::new(); queries.len() / dim]);
         }

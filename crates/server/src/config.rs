@@ -45,7 +45,7 @@ impl Default for NodeConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Async worker threads serving gRPC and HTTP (0 = number of CPUs).
@@ -54,16 +54,6 @@ pub struct RuntimeConfig {
     pub search_threads: usize,
     /// CPU pool for index builds (0 = half the CPUs, at least 1). Also FAISS's OpenMP width.
     pub build_threads: usize,
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        Self {
-            io_threads: 0,
-            search_threads: 0,
-            build_threads: 0,
-        }
-    }
 }
 
 impl RuntimeConfig {

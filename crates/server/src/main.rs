@@ -103,6 +103,7 @@ fn init_tracing(log: &config::LogConfig) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("log.level {:?}: {e}", log.level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if log.format == "json" {
         builder.json().init();

@@ -124,9 +124,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let _ = tokio::time::timeout(grace, http_server).await;
     drop(maintenance);
-    shard
-        .sync()
-        .map_err(|e| anyhow::anyhow!("final sync: {e}"))?;
+    let flushed = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || shard.flush())
+        .await?
+        .map_err(|e| anyhow::anyhow!("final flush: {e}"))?;
+    tracing::info!(seconds = flushed.elapsed().as_secs_f64(), "data flushed");
     tracing::info!("shoal node stopped");
     Ok(())
 }

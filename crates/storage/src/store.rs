@@ -193,6 +193,17 @@ impl Store {
             .transpose()
     }
 
+    /// Flushes every memtable to SST files, so the next open has no write-ahead log to
+    /// replay. Called on clean shutdown.
+    pub fn flush(&self) -> Result<()> {
+        for name in COLUMN_FAMILIES {
+            self.db
+                .flush_cf(self.cf(name))
+                .map_err(|e| db_error("flushing memtables", e))?;
+        }
+        Ok(())
+    }
+
     /// Makes every write so far durable (fsyncs the write-ahead log).
     pub fn sync_wal(&self) -> Result<()> {
         self.db

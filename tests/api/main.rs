@@ -592,3 +592,108 @@ fn malformed_config_file_is_rejected_with_a_clear_error() {
         "the error names the bad key: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn environment_variables_configure_the_node() {
+    let node = Node::start_with_env(&[], &[("SHOAL__LIMITS__MAX_K", "5")]);
+    let mut collections = node.collections().await;
+    let mut points = node.points().await;
+    collections
+        .create_collection(create("small", 2, v1::Metric::L2, "Flat"))
+        .await
+        .unwrap();
+    points
+        .upsert(v1::UpsertRequest {
+            collection: "small".into(),
+            points: vec![point(1, vec![1.0, 0.0])],
+        })
+        .await
+        .unwrap();
+    points
+        .search(search("small", vec![vec![1.0, 0.0]], 5))
+        .await
+        .unwrap();
+    let status = points
+        .search(search("small", vec![vec![1.0, 0.0]], 6))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("limit of 5"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn segments_too_small_to_train_stay_exact_and_searchable() {
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("shoal.toml");
+    std::fs::write(
+        &config,
+        "[index]\nmin_seal_points = 10\nseal_idle_ms = 50\n",
+    )
+    .unwrap();
+    let node = Node::start_with(&["--config", config.to_str().unwrap()]);
+    let mut collections = node.collections().await;
+    let mut points = node.points().await;
+    // IVF64 needs 39 x 64 = 2,496 training points; 500 stay in an exact growing segment.
+    collections
+        .create_collection(create("ivf", 8, v1::Metric::L2, "IVF64,Flat"))
+        .await
+        .unwrap();
+    let base = random_vectors(7, 500, 8);
+    let batch = base
+        .iter()
+        .enumerate()
+        .map(|(i, v)| point(i as u64, v.clone()))
+        .collect();
+    points
+        .upsert(v1::UpsertRequest {
+            collection: "ivf".into(),
+            points: batch,
+        })
+        .await
+        .unwrap();
+    let info = shoal_tests::poll(
+        "the collection to settle",
+        std::time::Duration::from_secs(30),
+        || {
+            let d = node.shoalctl_json(&["collection", "describe", "ivf"]);
+            (d["index_state"] == "ready").then_some(d)
+        },
+    );
+    let segments = info["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), 1, "{info}");
+    assert_eq!(segments[0]["state"], "growing", "{info}");
+    assert_eq!(segments[0]["index"], "exact", "{info}");
+    let queries = random_vectors(8, 20, 8);
+    let response = points
+        .search(search("ivf", queries.clone(), 5))
+        .await
+        .unwrap()
+        .into_inner();
+    for (q, result) in queries.iter().zip(&response.results) {
+        let got: Vec<u64> = result
+            .hits
+            .iter()
+            .map(|h| num(h.id.as_ref().unwrap()))
+            .collect();
+        assert_eq!(got, brute_force(v1::Metric::L2, &base, q, 5));
+    }
+    let nprobe = points
+        .search(v1::SearchRequest {
+            params: Some(v1::SearchParams {
+                ef_search: None,
+                nprobe: Some(8),
+            }),
+            ..search("ivf", vec![queries[0].clone()], 5)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        nprobe.into_inner().results[0].hits.len(),
+        5,
+        "nprobe is accepted on IVF"
+    );
+}

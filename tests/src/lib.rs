@@ -81,6 +81,7 @@ pub struct Node {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -92,11 +93,20 @@ impl Node {
 
     /// Starts a node with extra `shoal node` arguments (e.g. `--config FILE`).
     pub fn start_with(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Starts a node with extra arguments and environment variables (e.g. `SHOAL__...`).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut node = Node {
             dir: tempfile::tempdir().unwrap(),
             grpc: free_addr(),
             http: free_addr(),
             extra_args: args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         node.spawn();
@@ -133,6 +143,7 @@ impl Node {
             .arg(self.http.to_string())
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -50,9 +50,10 @@ pub(crate) struct SelectorParams<'a> {
 impl<'a> SelectorParams<'a> {
     pub(crate) fn new(kind: ParamsKind, live: &'a [u8], nprobe: usize) -> Result<Self> {
         let mut selector = ptr::null_mut();
-        // SAFETY: `live` outlives the selector (lifetime 'a); FAISS reads `live.len() * 8` bits.
+        // SAFETY: `live` outlives the selector (lifetime 'a); FAISS reads at most `live.len()`
+        // bytes (its `n` is the bitmap's size in bytes).
         check(
-            unsafe { faiss_IDSelectorBitmap_new(&mut selector, live.len() * 8, live.as_ptr()) },
+            unsafe { faiss_IDSelectorBitmap_new(&mut selector, live.len(), live.as_ptr()) },
             "creating selector",
         )?;
         let mut this = SelectorParams {

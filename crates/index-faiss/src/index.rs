@@ -210,19 +210,16 @@ impl FaissSegment {
             })
     }
 
-    fn wanted(&self, params: &SearchParams) -> Result<Knobs> {
-        let pick =
-            |requested: Option<u32>, default: Option<u32>, name: &str| match (requested, default) {
-                (Some(v), Some(_)) => Ok(Some(v)),
-                (Some(_), None) => Err(Error::invalid(format!(
-                    "{name} does not apply to this collection's index"
-                ))),
-                (None, default) => Ok(default),
-            };
-        Ok(Knobs {
-            ef_search: pick(params.ef_search, self.defaults.ef_search, "ef_search")?,
-            nprobe: pick(params.nprobe, self.defaults.nprobe, "nprobe")?,
-        })
+    /// The knob values a request needs. Knobs the index does not have are ignored: the
+    /// collection rejects them before any segment is searched.
+    fn wanted(&self, params: &SearchParams) -> Knobs {
+        Knobs {
+            ef_search: self
+                .defaults
+                .ef_search
+                .map(|d| params.ef_search.unwrap_or(d)),
+            nprobe: self.defaults.nprobe.map(|d| params.nprobe.unwrap_or(d)),
+        }
     }
 
     fn run(
@@ -276,7 +273,7 @@ impl SealedIndex for FaissSegment {
         params: &SearchParams,
         live: Option<&[u8]>,
     ) -> Result<Vec<Vec<(f32, u32)>>> {
-        let wanted = self.wanted(params)?;
+        let wanted = self.wanted(params);
         let current = self.knobs.read();
         if *current == wanted {
             return self.run(queries, k, wanted, live);
@@ -284,6 +281,11 @@ impl SealedIndex for FaissSegment {
         drop(current);
         let mut knobs = self.knobs.write();
         if *knobs != wanted {
+            // Until both are set, the index's knobs are unknown: a failure leaves them so.
+            *knobs = Knobs {
+                ef_search: Some(0),
+                nprobe: Some(0),
+            };
             if let Some(ef) = wanted.ef_search {
                 set_param(&self.index, "efSearch", ef)?;
             }
@@ -431,11 +433,6 @@ mod tests {
             hnsw.search(&vectors[..8], 1, &params, None).unwrap()[0][0].1,
             0
         );
-        let bad = SearchParams {
-            ef_search: None,
-            nprobe: Some(4),
-        };
-        assert!(hnsw.search(&vectors[..8], 1, &bad, None).is_err());
 
         let ivf = FaissFactory
             .build(&spec("IVF16,Flat", Metric::L2), &vectors)

@@ -638,27 +638,43 @@ impl CollectionIndex {
 
     /// Which sealed segments to rebuild next, tiered so that a long ingest costs
     /// O(n log n) in builds: while writes arrive, four adjacent segments of the same size
-    /// tier (powers of four of the seal threshold) merge; once idle, any run of two or more
-    /// that fits `max_segment_points` merges. Otherwise the first segment whose deleted
-    /// share reached the compaction ratio is rebuilt alone.
+    /// tier (powers of four of the seal threshold) merge; once idle, adjacent segments within
+    /// 4x of each other's size merge. Otherwise the first segment whose deleted share reached
+    /// the compaction ratio is rebuilt alone. A rebuild never exceeds `max_segment_points`
+    /// and never has fewer live points than training needs (unless it has none left).
     fn merge_run(&self, sealed: &[Arc<Segment>], idle: bool) -> Option<Vec<Arc<Segment>>> {
         const FAN_IN: usize = 4;
-        let max = self.config.max_segment_points;
+        const SIMILAR: usize = 4;
+        let live = |run: &[Arc<Segment>]| run.iter().map(|s| s.live_points()).sum::<usize>();
+        // A rebuild must fit, and must be trainable unless it only drops dead points.
+        let buildable = |run: &[Arc<Segment>]| {
+            let n = live(run);
+            n <= self.config.max_segment_points && (n == 0 || n >= self.min_training_points)
+        };
         let tier = |s: &Arc<Segment>| {
             let ratio = s.live_points() / self.config.seal_threshold.max(1);
             (usize::BITS - ratio.leading_zeros()) / 2
         };
-        let fits = |run: &[Arc<Segment>]| run.iter().map(|s| s.live_points()).sum::<usize>() <= max;
         let same_tier = sealed
             .windows(FAN_IN)
-            .find(|run| run.iter().all(|s| tier(s) == tier(&run[0])) && fits(run));
+            .find(|run| run.iter().all(|s| tier(s) == tier(&run[0])) && buildable(run));
         if let Some(run) = same_tier {
             return Some(run.to_vec());
         }
         if idle {
+            // Adjacent segments of similar size, so a trickle of writes never rebuilds a
+            // segment many times its size.
+            let similar = |run: &[Arc<Segment>]| {
+                let sizes = run.iter().map(|s| s.live_points().max(1));
+                let (lo, hi) = sizes.fold((usize::MAX, 0), |(lo, hi), n| (lo.min(n), hi.max(n)));
+                hi <= SIMILAR * lo
+            };
             for start in 0..sealed.len() {
-                let mut end = start;
-                while end < sealed.len() && fits(&sealed[start..=end]) {
+                let mut end = start + 1;
+                while end < sealed.len()
+                    && buildable(&sealed[start..=end])
+                    && similar(&sealed[start..=end])
+                {
                     end += 1;
                 }
                 if end - start >= 2 {
@@ -671,6 +687,7 @@ impl CollectionIndex {
             .find(|s| {
                 s.deleted_points() as f64
                     >= self.config.compaction_deleted_ratio * s.rows.len().max(1) as f64
+                    && buildable(std::slice::from_ref(s))
             })
             .map(|s| vec![s.clone()])
     }

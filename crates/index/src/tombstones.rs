@@ -45,6 +45,12 @@ impl Tombstones {
             out.extend_from_slice(&(!word.load(Ordering::Acquire)).to_le_bytes());
         }
         out.truncate(self.len.div_ceil(8));
+        // Positions past the end do not exist: never report them live.
+        if self.len % 8 != 0 {
+            if let Some(last) = out.last_mut() {
+                *last &= (1u8 << (self.len % 8)) - 1;
+            }
+        }
         out
     }
 }
@@ -62,6 +68,7 @@ mod tests {
         assert_eq!(t.count(), 2);
         let bitmap = t.live_bitmap();
         assert_eq!(bitmap.len(), 9);
+        assert_eq!(bitmap[8] >> 6, 0, "bits past the end are not live");
         for pos in 0..70 {
             let live = bitmap[pos / 8] & (1 << (pos % 8)) != 0;
             assert_eq!(live, !t.is_deleted(pos), "position {pos}");

@@ -8,7 +8,7 @@ mod convert;
 mod status;
 
 pub use convert::{ids_from_wire, metric_from_wire, metric_to_wire, search_params_from_wire};
-pub use status::{error_from_status, status_from_error};
+pub use status::status_from_error;
 
 /// Generated messages and services of `shoal.v1`.
 #[allow(clippy::all, missing_docs, rust_2018_idioms)]

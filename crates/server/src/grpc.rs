@@ -257,10 +257,9 @@ impl PointService for Api {
         let started = Instant::now();
         let name = request.into_inner().collection;
         let result = self
-            .shard()
-            .count(&name)
-            .map(|count| Response::new(v1::CountResponse { count }))
-            .map_err(bad);
+            .blocking(move |shard| shard.count(&name))
+            .await
+            .map(|count| Response::new(v1::CountResponse { count }));
         self.observe("Count", started, &result);
         result
     }

@@ -113,14 +113,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await;
     let _ = stop_tx.send(true);
     let grace = Duration::from_secs(config.node.shutdown_grace_secs);
-    match tokio::time::timeout(grace, grpc).await {
+    match tokio::time::timeout(grace, &mut grpc).await {
         Ok(served) => served
             .context("gRPC server task")?
             .context("gRPC server failed")?,
-        Err(_) => tracing::warn!(
-            seconds = grace.as_secs(),
-            "requests still running after the grace period; stopping anyway"
-        ),
+        Err(_) => {
+            tracing::warn!(
+                seconds = grace.as_secs(),
+                "requests still running after the grace period; stopping anyway"
+            );
+            grpc.abort();
+        }
     }
     let _ = tokio::time::timeout(grace, http_server).await;
     drop(maintenance);

@@ -18,7 +18,7 @@ type Request = (Command, oneshot::Sender<Result<Outcome>>);
 /// [`Shard::apply`], fsyncs the write-ahead log once for the whole group, and only then
 /// answers. So an acknowledged write is durable, and concurrent writers share an fsync.
 /// A write becomes visible to searches when it is applied, which can precede its fsync by
-/// the length of one group.
+/// the length of one group. A storage error on this path stops the process (fail-stop).
 #[derive(Clone)]
 pub struct CommandLog {
     shard: Arc<Shard>,
@@ -44,16 +44,20 @@ impl CommandLog {
 
     /// Checks, sequences, applies and durably commits `cmd`.
     pub async fn submit(&self, cmd: Command) -> Result<Outcome> {
-        self.shard.precheck(&cmd)?;
         let (reply, rx) = oneshot::channel();
-        let unavailable = || Error::new(ErrorCode::Unavailable, "the node is shutting down");
+        let shard = self.shard.clone();
         let tx = self.tx.clone();
-        // The channel is bounded: a full queue is backpressure, so wait off the async worker.
-        tokio::task::spawn_blocking(move || tx.send((cmd, reply)))
-            .await
-            .map_err(|_| unavailable())?
-            .map_err(|_| unavailable())?;
-        rx.await.map_err(|_| unavailable())?
+        // Validation walks every vector, and a full queue is backpressure: both off the
+        // async workers.
+        tokio::task::spawn_blocking(move || {
+            shard.precheck(&cmd)?;
+            tx.send((cmd, reply))
+                .map_err(|_| Error::new(ErrorCode::Unavailable, "the node is shutting down"))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("submitting a command: {e}")))??;
+        rx.await
+            .map_err(|_| Error::new(ErrorCode::Unavailable, "the node is shutting down"))?
     }
 }
 
@@ -69,24 +73,32 @@ fn run(shard: &Shard, rx: &Receiver<Request>, mut next: u64) {
         let mut replies = Vec::with_capacity(group.len());
         for (cmd, reply) in group {
             let result = shard.apply(next, cmd);
+            if let Err(e) = &result {
+                if e.code == ErrorCode::Internal {
+                    fail_stop("applying a command", e);
+                }
+            }
             next += 1;
             replies.push((reply, result));
         }
-        let synced = shard.sync();
+        if let Err(e) = shard.sync() {
+            fail_stop("syncing the write-ahead log", &e);
+        }
         shard
             .metrics()
             .group_commit_size
             .observe(replies.len() as f64);
         for (reply, result) in replies {
-            let result = match &synced {
-                Ok(()) => result,
-                Err(e) => Err(e.clone()),
-            };
             let _ = reply.send(result);
         }
-        if let Err(e) = synced {
-            tracing::error!(error = %e, "WAL sync failed; refusing further writes");
-            return;
-        }
     }
+}
+
+/// A storage failure on the write path leaves the node unable to promise durability (after a
+/// failed fsync the kernel may have dropped the dirty pages). Stop the process, unacknowledged,
+/// and let the supervisor restart it: recovery replays the write-ahead log.
+fn fail_stop(what: &str, err: &Error) -> ! {
+    tracing::error!(error = %err, "{what} failed; stopping the node");
+    eprintln!("fatal: {what} failed: {err}");
+    std::process::abort()
 }

@@ -16,6 +16,9 @@ impl CpuPool {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(move |i| format!("{prefix}-{i}"))
+            // A panicking task drops its reply channel, so its caller gets an error; without
+            // a handler rayon would abort the process.
+            .panic_handler(|_| tracing::error!("a CPU pool task panicked"))
             .build()
             .map_err(|e| Error::internal(format!("starting the {name} pool: {e}")))?;
         Ok(Self {
@@ -39,9 +42,5 @@ impl CpuPool {
     /// Runs `work` on the pool without waiting.
     pub fn spawn(&self, work: impl FnOnce() + Send + 'static) {
         self.pool.spawn(work);
-    }
-
-    pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
     }
 }

@@ -259,7 +259,7 @@ impl Shard {
             Vec::new(),
         )?;
         let mut batch = self.store.batch();
-        batch.put_collection(id, &CollectionRecord { spec: spec.clone() });
+        batch.put_collection(id, &CollectionRecord { spec: spec.clone() })?;
         batch.put_counter(NEXT_COLLECTION, u64::from(id) + 1);
         batch.put_counter(APPLIED, sequence);
         batch.commit(false)?;
@@ -286,14 +286,19 @@ impl Shard {
             .ok_or_else(|| Error::unknown_collection(name))?;
         let mut batch = self.store.batch();
         batch.delete_collection(coll.id);
+        batch.delete_counter(&next_row_key(coll.id));
         batch.put_counter(APPLIED, sequence);
         batch.commit(false)?;
         collections.remove(name);
         let dir = coll.index.dir().to_path_buf();
         drop(collections);
-        if let Err(e) = fs::remove_dir_all(&dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a dropped collection's files; they are removed at the next start");
-        }
+        // Deleting index files can take a while; the applier must not wait for it. Files left
+        // by a crash are removed at the next start.
+        std::thread::spawn(move || {
+            if let Err(e) = fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a dropped collection's files; they are removed at the next start");
+            }
+        });
         tracing::info!(collection = %name, "collection dropped");
         Ok(Outcome {
             sequence,
@@ -379,35 +384,49 @@ impl Shard {
         validate_ids(ids)?;
         let coll = self.collection(name)?;
         let rows = coll.index.rows_of(ids);
-        let present: Vec<u64> = rows.iter().flatten().copied().collect();
-        let mut stored = if with_vectors {
-            self.store.rows(coll.id, &present)?.into_iter()
-        } else {
-            Vec::new().into_iter()
-        };
         let mut found = Vec::new();
         let mut missing = Vec::new();
-        for (id, row) in ids.iter().zip(rows) {
-            match row {
-                Some(_) => {
-                    let vector = if with_vectors {
-                        stored
-                            .next()
-                            .flatten()
-                            .map(|r| r.vector)
-                            .unwrap_or_default()
-                    } else {
-                        Vec::new()
-                    };
-                    found.push(Point {
+        if !with_vectors {
+            for (id, row) in ids.iter().zip(rows) {
+                match row {
+                    Some(_) => found.push(Point {
                         id: id.clone(),
-                        vector,
-                    });
+                        vector: Vec::new(),
+                    }),
+                    None => missing.push(id.clone()),
                 }
+            }
+            return Ok((found, missing));
+        }
+        let present: Vec<u64> = rows.iter().flatten().copied().collect();
+        let mut stored = self.store.rows(coll.id, &present)?.into_iter();
+        for (id, row) in ids.iter().zip(rows) {
+            let mut vector = row.and_then(|_| stored.next().flatten()).map(|r| r.vector);
+            if row.is_some() && vector.is_none() {
+                // Overwritten or deleted between the id lookup and the read: read it again.
+                vector = self.current_vector(coll.id, id)?;
+            }
+            match vector {
+                Some(vector) => found.push(Point {
+                    id: id.clone(),
+                    vector,
+                }),
                 None => missing.push(id.clone()),
             }
         }
         Ok((found, missing))
+    }
+
+    fn current_vector(&self, coll: u32, id: &PointId) -> Result<Option<Vec<f32>>> {
+        let Some(row) = self.store.point_row(coll, id)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .rows(coll, &[row])?
+            .pop()
+            .flatten()
+            .map(|r| r.vector))
     }
 
     /// k-NN search. CPU-heavy: call on a CPU pool.
@@ -422,6 +441,7 @@ impl Shard {
         let limits = &self.config.limits;
         limits.check_k(k)?;
         limits.check_batch("search", queries.len(), limits.max_queries_per_search)?;
+        params.validate()?;
         let coll = self.collection(name)?;
         let spec = coll.index.spec();
         let mut flat = Vec::with_capacity(queries.len() * spec.dimension as usize);
@@ -433,19 +453,29 @@ impl Shard {
         results
             .into_iter()
             .map(|hits| {
-                let vectors = if with_vectors {
-                    let rows: Vec<u64> = hits.iter().map(|h| h.row).collect();
-                    self.store.rows(coll.id, &rows)?
-                } else {
-                    Vec::new()
-                };
+                if !with_vectors {
+                    return Ok(hits
+                        .into_iter()
+                        .map(|h| SearchHit {
+                            id: h.id,
+                            score: h.score,
+                            vector: None,
+                        })
+                        .collect());
+                }
+                let rows: Vec<u64> = hits.iter().map(|h| h.row).collect();
+                let stored = self.store.rows(coll.id, &rows)?;
+                // A hit whose row vanished was overwritten or deleted after the search: drop it
+                // rather than return it without its vector.
                 Ok(hits
                     .into_iter()
-                    .enumerate()
-                    .map(|(i, h)| SearchHit {
-                        id: h.id,
-                        score: h.score,
-                        vector: vectors.get(i).cloned().flatten().map(|r| r.vector),
+                    .zip(stored)
+                    .filter_map(|(h, row)| {
+                        row.map(|r| SearchHit {
+                            id: h.id,
+                            score: h.score,
+                            vector: Some(r.vector),
+                        })
                     })
                     .collect())
             })
@@ -491,7 +521,7 @@ impl Shard {
         }
         let mut batch = self.store.batch();
         if let Some(meta) = built.meta() {
-            batch.put_segment(coll_id, meta.id, meta);
+            batch.put_segment(coll_id, meta.id, meta)?;
         }
         for old in job.replaced() {
             batch.delete_segment(coll_id, old);

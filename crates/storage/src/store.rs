@@ -25,9 +25,9 @@ fn db_error(what: &str, err: rocksdb::Error) -> Error {
     Error::internal(format!("RocksDB {what}: {err}"))
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Encoding plain in-memory structs into a Vec cannot fail.
-    postcard::to_allocvec(value).unwrap_or_default()
+fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
+    postcard::to_allocvec(value)
+        .map_err(|e| Error::internal(format!("encoding a {what} record: {e}")))
 }
 
 fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
@@ -219,12 +219,13 @@ pub struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    pub fn put_collection<T: Serialize>(&mut self, coll: u32, record: &T) {
+    pub fn put_collection<T: Serialize>(&mut self, coll: u32, record: &T) -> Result<()> {
         self.inner.put_cf(
             &self.store.cf(CF_COLLECTIONS),
             collection_key(coll),
-            encode(record),
+            encode("collection", record)?,
         );
+        Ok(())
     }
 
     /// Removes a collection and every point, row and segment record it has.
@@ -264,12 +265,13 @@ impl Batch<'_> {
             .delete_cf(&self.store.cf(CF_ROWS), numbered_key(coll, row));
     }
 
-    pub fn put_segment<T: Serialize>(&mut self, coll: u32, segment: u64, record: &T) {
+    pub fn put_segment<T: Serialize>(&mut self, coll: u32, segment: u64, record: &T) -> Result<()> {
         self.inner.put_cf(
             &self.store.cf(CF_SEGMENTS),
             numbered_key(coll, segment),
-            encode(record),
+            encode("segment", record)?,
         );
+        Ok(())
     }
 
     pub fn delete_segment(&mut self, coll: u32, segment: u64) {
@@ -283,6 +285,11 @@ impl Batch<'_> {
             name.as_bytes(),
             value.to_be_bytes(),
         );
+    }
+
+    pub fn delete_counter(&mut self, name: &str) {
+        self.inner
+            .delete_cf(self.store.cf(CF_STATE), name.as_bytes());
     }
 
     /// Applies the batch atomically; with `sync`, returns once it is durable.
@@ -306,7 +313,7 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             let mut b = store.batch();
-            b.put_collection(1, &"spec-one".to_owned());
+            b.put_collection(1, &"spec-one".to_owned()).unwrap();
             b.put_point(1, &PointId::Num(5), 0, &[1.0, 2.0]);
             b.put_point(1, &"k".into(), 1, &[3.0, 4.0]);
             b.put_point(2, &PointId::Num(5), 0, &[9.0, 9.0]);

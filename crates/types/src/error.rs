@@ -13,8 +13,6 @@ pub enum ErrorCode {
     NotFound,
     /// The collection already exists.
     AlreadyExists,
-    /// A request exceeds a size limit.
-    ResourceExhausted,
     /// The node is starting or shutting down; retry elsewhere or later.
     Unavailable,
     /// A bug or an I/O failure; the message says which.

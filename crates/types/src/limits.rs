@@ -66,10 +66,9 @@ impl Limits {
             return Err(Error::invalid(format!("{what}: the batch is empty")));
         }
         if n > max {
-            return Err(Error::new(
-                crate::ErrorCode::InvalidArgument,
-                format!("{what}: {n} items is above the limit of {max} per request"),
-            ));
+            return Err(Error::invalid(format!(
+                "{what}: {n} items is above the limit of {max} per request"
+            )));
         }
         Ok(())
     }

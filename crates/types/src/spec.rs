@@ -135,11 +135,20 @@ pub struct SearchParams {
 }
 
 impl SearchParams {
-    pub fn with_defaults(self, defaults: &IndexParams) -> Self {
-        Self {
-            ef_search: self.ef_search.or(defaults.ef_search),
-            nprobe: self.nprobe.or(defaults.nprobe),
-        }
+    /// Largest `ef_search` accepted per request.
+    pub const MAX_EF_SEARCH: u32 = 32_768;
+    /// Largest `nprobe` accepted per request.
+    pub const MAX_NPROBE: u32 = 65_536;
+
+    pub fn validate(&self) -> Result<()> {
+        let check = |name: &str, value: Option<u32>, max: u32| match value {
+            Some(v) if v == 0 || v > max => Err(Error::invalid(format!(
+                "{name} must be between 1 and {max}, got {v}"
+            ))),
+            _ => Ok(()),
+        };
+        check("ef_search", self.ef_search, Self::MAX_EF_SEARCH)?;
+        check("nprobe", self.nprobe, Self::MAX_NPROBE)
     }
 }
 
@@ -153,6 +162,28 @@ mod tests {
         for bad in ["", "a b", "é", &"x".repeat(65)] {
             assert!(validate_collection_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn search_params_are_bounded() {
+        assert!(SearchParams {
+            ef_search: Some(64),
+            nprobe: Some(8)
+        }
+        .validate()
+        .is_ok());
+        assert!(SearchParams {
+            ef_search: Some(0),
+            nprobe: None
+        }
+        .validate()
+        .is_err());
+        assert!(SearchParams {
+            ef_search: None,
+            nprobe: Some(u32::MAX)
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]

@@ -46,7 +46,7 @@ impl Tombstones {
         }
         out.truncate(self.len.div_ceil(8));
         // Positions past the end do not exist: never report them live.
-        if self.len % 8 != 0 {
+        if !self.len.is_multiple_of(8) {
             if let Some(last) = out.last_mut() {
                 *last &= (1u8 << (self.len % 8)) - 1;
             }

@@ -194,15 +194,18 @@ mod tests {
 
     #[test]
     fn malformed_files_are_rejected_with_a_reason() {
-        for bad in [
-            "[node\nlisten = 1",
-            "[node]\nlisten = \"not an address\"",
-            "[node]\nunknown_key = 1",
-            "[limits]\nmax_k = 0",
-            "[log]\nformat = \"xml\"",
+        for (bad, key) in [
+            ("[node\nlisten = 1", "node"),
+            ("[node]\nlisten = \"not an address\"", "listen"),
+            ("[node]\nunknown_key = 1", "unknown_key"),
+            ("[limits]\nmax_k = 0", "max_k"),
+            ("[log]\nformat = \"xml\"", "log.format"),
         ] {
-            let err = load_toml(bad).unwrap_err();
-            assert!(!format!("{err:#}").is_empty(), "{bad}");
+            let err = format!("{:#}", load_toml(bad).unwrap_err());
+            assert!(
+                err.contains(key),
+                "error for {bad:?} should name {key:?}: {err}"
+            );
         }
     }
 }

@@ -793,6 +793,128 @@ mod tests {
         }
     }
 
+    struct NoVectors;
+
+    impl VectorSource for NoVectors {
+        fn vectors(&self, rows: &[u64]) -> Result<Vec<Option<Vec<f32>>>> {
+            Ok(vec![None; rows.len()])
+        }
+    }
+
+    #[test]
+    fn writes_during_a_build_are_honoured_when_it_is_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = open(dir.path(), 100);
+        let mut log = Applier {
+            shard: &shard,
+            seq: 0,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        log.apply(Command::CreateCollection(spec("Flat", Metric::L2)))
+            .unwrap();
+        let mut expected: BTreeMap<PointId, Vec<f32>> = BTreeMap::new();
+        let points = random_points(&mut rng, 0..150);
+        for p in &points {
+            expected.insert(p.id.clone(), p.vector.clone());
+        }
+        log.apply(Command::Upsert {
+            collection: "c".into(),
+            points,
+        })
+        .unwrap();
+
+        let (index, _, job) = shard.next_jobs().pop().expect("a seal job");
+        let built = job.build(&index, &NoVectors).unwrap();
+        // While the new segment waits to be installed: deletes, overwrites, new points.
+        let doomed: Vec<PointId> = (0..150).step_by(3).map(PointId::Num).collect();
+        for id in &doomed {
+            expected.remove(id);
+        }
+        log.apply(Command::Delete {
+            collection: "c".into(),
+            ids: doomed.clone(),
+        })
+        .unwrap();
+        let rewritten = random_points(&mut rng, 1..40);
+        let rewritten: Vec<Point> = rewritten
+            .into_iter()
+            .filter(|p| !doomed.contains(&p.id))
+            .collect();
+        for p in &rewritten {
+            expected.insert(p.id.clone(), p.vector.clone());
+        }
+        log.apply(Command::Upsert {
+            collection: "c".into(),
+            points: rewritten.clone(),
+        })
+        .unwrap();
+        index.install(job, built);
+
+        assert_eq!(shard.count("c").unwrap(), expected.len() as u64);
+        let sealed = shard
+            .describe("c")
+            .unwrap()
+            .segments
+            .into_iter()
+            .find(|s| s.state == shoal_index::SegmentState::Sealed)
+            .unwrap();
+        assert_eq!(
+            sealed.deleted as usize,
+            doomed.len() + rewritten.len(),
+            "tombstones recomputed at install"
+        );
+        for q in random_points(&mut rng, 0..20) {
+            assert_eq!(
+                search_ids(&shard, &q.vector, 10),
+                brute_force(Metric::L2, &expected, &q.vector, 10)
+            );
+        }
+    }
+
+    #[test]
+    fn segments_whose_points_are_all_deleted_disappear() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = open(dir.path(), 100);
+        let mut log = Applier {
+            shard: &shard,
+            seq: 0,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        log.apply(Command::CreateCollection(spec(
+            "HNSW8,Flat",
+            Metric::Cosine,
+        )))
+        .unwrap();
+        for batch in 0..2u64 {
+            let points = random_points(&mut rng, batch * 100..batch * 100 + 100);
+            log.apply(Command::Upsert {
+                collection: "c".into(),
+                points,
+            })
+            .unwrap();
+            settle(&shard);
+        }
+        let all: Vec<PointId> = (0..200).map(PointId::Num).collect();
+        log.apply(Command::Delete {
+            collection: "c".into(),
+            ids: all,
+        })
+        .unwrap();
+        settle(&shard);
+        let description = shard.describe("c").unwrap();
+        assert!(
+            description.segments.is_empty(),
+            "{:?}",
+            description.segments
+        );
+        assert_eq!(description.index_state, IndexState::Ready);
+        assert!(search_ids(&shard, &[0.5; DIM], 10).is_empty());
+        drop(shard);
+        let shard = open(dir.path(), 100);
+        assert_eq!(shard.count("c").unwrap(), 0);
+        assert!(shard.describe("c").unwrap().segments.is_empty());
+    }
+
     #[test]
     fn rejected_commands_change_nothing() {
         let dir = tempfile::tempdir().unwrap();

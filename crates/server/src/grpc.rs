@@ -43,14 +43,22 @@ impl Api {
         self.log.shard()
     }
 
-    fn observe<T>(&self, method: &str, started: Instant, result: &Result<T, Status>) {
-        let code = match result {
+    /// Runs a handler and records its latency by method and status code.
+    async fn timed<T>(
+        &self,
+        method: &str,
+        handler: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = Instant::now();
+        let result = handler.await;
+        let code = match &result {
             Ok(_) => "OK".to_owned(),
             Err(s) => format!("{:?}", s.code()),
         };
         self.latency
             .with_label_values(&[method, &code])
             .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Runs RocksDB reads off the async workers.
@@ -108,46 +116,42 @@ impl CollectionService for Api {
         &self,
         request: Request<v1::CreateCollectionRequest>,
     ) -> Result<Response<v1::CreateCollectionResponse>, Status> {
-        let started = Instant::now();
-        let result = async {
+        self.timed("CreateCollection", async {
             let spec = CollectionSpec::try_from(request.into_inner()).map_err(bad)?;
             self.log
                 .submit(Command::CreateCollection(spec))
                 .await
                 .map_err(bad)?;
             Ok(Response::new(v1::CreateCollectionResponse {}))
-        }
-        .await;
-        self.observe("CreateCollection", started, &result);
-        result
+        })
+        .await
     }
 
     async fn describe_collection(
         &self,
         request: Request<v1::DescribeCollectionRequest>,
     ) -> Result<Response<v1::CollectionInfo>, Status> {
-        let started = Instant::now();
         let name = request.into_inner().name;
-        let result = self
-            .blocking(move |shard| shard.describe(&name))
-            .await
-            .map(|d| Response::new(collection_info(d)));
-        self.observe("DescribeCollection", started, &result);
-        result
+        self.timed("DescribeCollection", async {
+            self.blocking(move |shard| shard.describe(&name))
+                .await
+                .map(|d| Response::new(collection_info(d)))
+        })
+        .await
     }
 
     async fn list_collections(
         &self,
         _request: Request<v1::ListCollectionsRequest>,
     ) -> Result<Response<v1::ListCollectionsResponse>, Status> {
-        let started = Instant::now();
-        let result = self.blocking(|shard| Ok(shard.list())).await.map(|list| {
-            Response::new(v1::ListCollectionsResponse {
-                collections: list.into_iter().map(collection_info).collect(),
+        self.timed("ListCollections", async {
+            self.blocking(|shard| Ok(shard.list())).await.map(|list| {
+                Response::new(v1::ListCollectionsResponse {
+                    collections: list.into_iter().map(collection_info).collect(),
+                })
             })
-        });
-        self.observe("ListCollections", started, &result);
-        result
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(collection = %request.get_ref().name))]
@@ -155,16 +159,15 @@ impl CollectionService for Api {
         &self,
         request: Request<v1::DropCollectionRequest>,
     ) -> Result<Response<v1::DropCollectionResponse>, Status> {
-        let started = Instant::now();
         let name = request.into_inner().name;
-        let result = self
-            .log
-            .submit(Command::DropCollection { name })
-            .await
-            .map(|_| Response::new(v1::DropCollectionResponse {}))
-            .map_err(bad);
-        self.observe("DropCollection", started, &result);
-        result
+        self.timed("DropCollection", async {
+            self.log
+                .submit(Command::DropCollection { name })
+                .await
+                .map(|_| Response::new(v1::DropCollectionResponse {}))
+                .map_err(bad)
+        })
+        .await
     }
 }
 
@@ -175,8 +178,7 @@ impl PointService for Api {
         &self,
         request: Request<v1::UpsertRequest>,
     ) -> Result<Response<v1::UpsertResponse>, Status> {
-        let started = Instant::now();
-        let result = async {
+        self.timed("Upsert", async {
             let req = request.into_inner();
             let points = req
                 .points
@@ -196,19 +198,16 @@ impl PointService for Api {
                 upserted: outcome.affected,
                 sequence: outcome.sequence,
             }))
-        }
-        .await;
-        self.observe("Upsert", started, &result);
-        result
+        })
+        .await
     }
 
     async fn get(
         &self,
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Status> {
-        let started = Instant::now();
         let req = request.into_inner();
-        let result = async {
+        self.timed("Get", async {
             let ids = ids_from_wire(req.ids).map_err(bad)?;
             let (points, missing) = self
                 .blocking(move |shard| shard.get(&req.collection, &ids, req.with_vectors))
@@ -217,10 +216,8 @@ impl PointService for Api {
                 points: points.into_iter().map(Into::into).collect(),
                 missing: missing.into_iter().map(Into::into).collect(),
             }))
-        }
-        .await;
-        self.observe("Get", started, &result);
-        result
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(collection = %request.get_ref().collection, ids = request.get_ref().ids.len()))]
@@ -228,8 +225,7 @@ impl PointService for Api {
         &self,
         request: Request<v1::DeleteRequest>,
     ) -> Result<Response<v1::DeleteResponse>, Status> {
-        let started = Instant::now();
-        let result = async {
+        self.timed("Delete", async {
             let req = request.into_inner();
             let ids = ids_from_wire(req.ids).map_err(bad)?;
             let outcome = self
@@ -244,34 +240,30 @@ impl PointService for Api {
                 deleted: outcome.affected,
                 sequence: outcome.sequence,
             }))
-        }
-        .await;
-        self.observe("Delete", started, &result);
-        result
+        })
+        .await
     }
 
     async fn count(
         &self,
         request: Request<v1::CountRequest>,
     ) -> Result<Response<v1::CountResponse>, Status> {
-        let started = Instant::now();
         let name = request.into_inner().collection;
-        let result = self
-            .blocking(move |shard| shard.count(&name))
-            .await
-            .map(|count| Response::new(v1::CountResponse { count }));
-        self.observe("Count", started, &result);
-        result
+        self.timed("Count", async {
+            self.blocking(move |shard| shard.count(&name))
+                .await
+                .map(|count| Response::new(v1::CountResponse { count }))
+        })
+        .await
     }
 
     async fn search(
         &self,
         request: Request<v1::SearchRequest>,
     ) -> Result<Response<v1::SearchResponse>, Status> {
-        let started = Instant::now();
         let req = request.into_inner();
         let shard = self.shard().clone();
-        let result = async {
+        self.timed("Search", async {
             let params = search_params_from_wire(req.params);
             let queries: Vec<Vec<f32>> = req.queries.into_iter().map(|q| q.values).collect();
             let results = self
@@ -297,9 +289,7 @@ impl PointService for Api {
                     })
                     .collect(),
             }))
-        }
-        .await;
-        self.observe("Search", started, &result);
-        result
+        })
+        .await
     }
 }

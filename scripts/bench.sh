@@ -14,6 +14,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/node-lib.sh
+source scripts/node-lib.sh
 
 readonly BIN_DIR=${SHOAL_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/shoal/target}/debug}
 readonly GLOVE=${SHOAL_GLOVE:-data/glove-50.npy}
@@ -41,22 +43,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-read -r grpc_port http_port < <(python3 -c '
-import socket
-s = [socket.socket() for _ in range(2)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(*(x.getsockname()[1] for x in s))')
+read -r grpc_port http_port < <(free_ports)
 readonly GRPC=127.0.0.1:$grpc_port HTTP=127.0.0.1:$http_port
 
 start_node() {
   "$BIN_DIR/shoal" node --data-dir "$work/data" --listen "$GRPC" --http "$HTTP" >>"$OUT/node.log" 2>&1 &
   node_pid=$!
-  local deadline=$((SECONDS + 600))
-  until curl -fsS --max-time 2 "http://$HTTP/readyz" >/dev/null 2>&1; do
-    kill -0 "$node_pid" 2>/dev/null || { echo "bench: node exited" >&2; tail -20 "$OUT/node.log" >&2; exit 1; }
-    ((SECONDS < deadline)) || { echo "bench: node not ready" >&2; exit 1; }
-    sleep 0.05
-  done
+  wait_ready "$HTTP" "$node_pid" 600 || {
+    echo "bench: node did not become ready" >&2
+    tail -20 "$OUT/node.log" >&2
+    exit 1
+  }
 }
 
 stop_node() {

@@ -10,6 +10,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/node-lib.sh
+source scripts/node-lib.sh
 
 readonly BIN_DIR=${SHOAL_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/shoal/target}/debug}
 readonly GLOVE=${SHOAL_GLOVE:-data/glove-50.npy}
@@ -58,15 +60,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Two distinct free loopback ports: the kernel picks them while both sockets are bound.
-ports=$(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
-')
-read -r grpc_port http_port <<<"$ports"
+read -r grpc_port http_port < <(free_ports)
 readonly GRPC_ADDR=127.0.0.1:$grpc_port
 readonly HTTP_ADDR=127.0.0.1:$http_port
 
@@ -79,12 +73,10 @@ step "Starting shoal node (gRPC $GRPC_ADDR, HTTP $HTTP_ADDR, data in $work/data)
   >"$work/node.log" 2>&1 &
 node_pid=$!
 
-deadline=$((SECONDS + READY_TIMEOUT_SECS))
-until curl -fsS --max-time 2 "http://$HTTP_ADDR/readyz" >/dev/null 2>&1; do
-  kill -0 "$node_pid" 2>/dev/null || die "the node exited during startup"
-  ((SECONDS < deadline)) || die "the node was not ready within ${READY_TIMEOUT_SECS}s"
-  sleep 0.2
-done
+wait_ready "$HTTP_ADDR" "$node_pid" "$READY_TIMEOUT_SECS" || case $? in
+  1) die "the node exited during startup" ;;
+  *) die "the node was not ready within ${READY_TIMEOUT_SECS}s" ;;
+esac
 echo "ready: http://$HTTP_ADDR/readyz"
 
 step "Creating collection '$COLLECTION' (50 dimensions, cosine, HNSW32,Flat)"

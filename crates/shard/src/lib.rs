@@ -22,4 +22,6 @@ pub use log::CommandLog;
 pub use maintenance::Maintenance;
 pub use metrics::ShardMetrics;
 pub use pool::CpuPool;
-pub use shard::{CollectionDescription, Outcome, SearchHit, Shard, ShardConfig};
+pub use shard::{
+    CollectionDescription, CollectionImage, Outcome, SearchHit, Shard, ShardConfig, ShardImage,
+};

@@ -45,12 +45,31 @@ struct Collection {
 }
 
 /// The result of applying a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     pub sequence: u64,
     /// Points written or deleted.
     pub affected: u64,
 }
+
+/// A shard's whole logical state: every collection's spec and live points, and the sequence
+/// number of the last command applied. Row numbers, collection ids and segments are local
+/// details and are not part of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardImage {
+    pub sequence: u64,
+    pub collections: Vec<CollectionImage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionImage {
+    pub spec: CollectionSpec,
+    /// In storage row order, which is write order.
+    pub points: Vec<Point>,
+}
+
+/// Points per write batch when a [`ShardImage`] is restored.
+const RESTORE_BATCH: usize = 1024;
 
 /// One search hit, with its vector when asked for.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,6 +182,12 @@ impl Shard {
 
     pub fn metrics(&self) -> &ShardMetrics {
         &self.metrics
+    }
+
+    /// The node's database, which the Raft log store shares so that one write-ahead log sync
+    /// covers both.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
     /// Sequence number of the last command applied.
@@ -344,6 +369,60 @@ impl Shard {
         batch.commit(false)?;
         let affected = coll.index.delete(ids) as u64;
         Ok(Outcome { sequence, affected })
+    }
+
+    /// A consistent copy of the whole logical state. No command is applied while it is taken.
+    pub fn export(&self) -> Result<ShardImage> {
+        let _applier = self.apply_lock.lock();
+        let collections: Vec<Arc<Collection>> = self.collections.read().values().cloned().collect();
+        let collections = collections
+            .iter()
+            .map(|coll| {
+                let points = self
+                    .store
+                    .rows_from(coll.id, 0)?
+                    .into_iter()
+                    .map(|r| Point {
+                        id: r.id,
+                        vector: r.vector,
+                    })
+                    .collect();
+                Ok(CollectionImage {
+                    spec: coll.index.spec().clone(),
+                    points,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(ShardImage {
+            sequence: self.applied_sequence()?,
+            collections,
+        })
+    }
+
+    /// Replaces the whole state with `image`: every collection is dropped, then the image's
+    /// collections are created and filled. Afterwards the applied sequence is the image's.
+    /// Writes are not synced; the caller makes them durable.
+    pub fn restore(&self, image: ShardImage) -> Result<()> {
+        let _applier = self.apply_lock.lock();
+        let sequence = image.sequence;
+        let names: Vec<String> = self.collections.read().keys().cloned().collect();
+        for name in names {
+            self.apply_drop(sequence, &name)?;
+        }
+        for coll in image.collections {
+            let name = coll.spec.name.clone();
+            self.apply_create(sequence, coll.spec)?;
+            let mut points = coll.points.into_iter().peekable();
+            while points.peek().is_some() {
+                let chunk: Vec<Point> = points.by_ref().take(RESTORE_BATCH).collect();
+                self.apply_upsert(sequence, &name, chunk)?;
+            }
+        }
+        let mut batch = self.store.batch();
+        batch.put_counter(APPLIED, sequence);
+        batch.commit(false)?;
+        self.metrics.applied_sequence.set(sequence as i64);
+        Ok(())
     }
 
     /// Persists everything for a fast next start: memtables go to SST files, so nothing is

@@ -40,6 +40,28 @@ pub(crate) fn number_from_key(key: &[u8]) -> Result<u64> {
         .ok_or_else(|| Error::internal("corrupt numbered key"))
 }
 
+/// Raft log key: group id then log index, both big-endian.
+pub(crate) fn raft_log_key(group: u64, index: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&group.to_be_bytes());
+    key[8..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+pub(crate) fn raft_index_from_key(key: &[u8]) -> Result<u64> {
+    key.get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| Error::internal("corrupt raft log key"))
+}
+
+/// Raft state key: group id (big-endian) then the record's name.
+pub(crate) fn raft_state_key(group: u64, name: &str) -> Vec<u8> {
+    let mut key = group.to_be_bytes().to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
 pub(crate) fn u64_value(bytes: &[u8]) -> Result<u64> {
     bytes
         .try_into()

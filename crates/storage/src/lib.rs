@@ -7,9 +7,13 @@
 //! - `rows`: collection id, row (u64) -> point id + vector as written
 //! - `segments`: collection id, segment id (u64) -> encoded segment record
 //! - `state`: name -> u64 counters (the applied sequence number, id allocators)
+//! - `raft_log`: Raft group id (u64), log index (u64) -> encoded log entry
+//! - `raft_state`: Raft group id (u64), record name -> encoded record (vote, committed and
+//!   purged log ids, the state machine's applied position)
 //!
 //! A write is one RocksDB `WriteBatch`, so it is applied atomically; with `sync` the call
-//! returns only once the write-ahead log is on disk.
+//! returns only once the write-ahead log is on disk. Every column family shares one
+//! write-ahead log, so a synced Raft append also makes every earlier write durable.
 
 mod keys;
 mod store;

@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 use std::path::Path;
 
 use rocksdb::{
@@ -11,7 +12,7 @@ use shoal_types::{Error, PointId, Result};
 
 use crate::keys::{
     collection_key, collection_range, decode_row, number_from_key, numbered_key, point_id_from_key,
-    point_key, row_value, u64_value,
+    point_key, raft_index_from_key, raft_log_key, raft_state_key, row_value, u64_value,
 };
 
 const CF_COLLECTIONS: &str = "collections";
@@ -19,7 +20,17 @@ const CF_POINTS: &str = "points";
 const CF_ROWS: &str = "rows";
 const CF_SEGMENTS: &str = "segments";
 const CF_STATE: &str = "state";
-const COLUMN_FAMILIES: [&str; 5] = [CF_COLLECTIONS, CF_POINTS, CF_ROWS, CF_SEGMENTS, CF_STATE];
+const CF_RAFT_LOG: &str = "raft_log";
+const CF_RAFT_STATE: &str = "raft_state";
+const COLUMN_FAMILIES: [&str; 7] = [
+    CF_COLLECTIONS,
+    CF_POINTS,
+    CF_ROWS,
+    CF_SEGMENTS,
+    CF_STATE,
+    CF_RAFT_LOG,
+    CF_RAFT_STATE,
+];
 
 fn db_error(what: &str, err: rocksdb::Error) -> Error {
     Error::internal(format!("RocksDB {what}: {err}"))
@@ -193,6 +204,71 @@ impl Store {
             .transpose()
     }
 
+    /// The Raft log entries of `group` whose index lies in `indexes`, ascending, as
+    /// (index, entry).
+    pub fn raft_entries<T: DeserializeOwned>(
+        &self,
+        group: u64,
+        indexes: RangeInclusive<u64>,
+    ) -> Result<Vec<(u64, T)>> {
+        let (first, last) = (*indexes.start(), *indexes.end());
+        let mut out = Vec::new();
+        if first > last {
+            return Ok(out);
+        }
+        let start = raft_log_key(group, first);
+        let end = raft_log_key(group, last);
+        for item in self.db.iterator_cf(
+            &self.cf(CF_RAFT_LOG),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (key, value) = item.map_err(|e| db_error("scanning the raft log", e))?;
+            if key.as_ref() > end.as_slice() {
+                break;
+            }
+            out.push((
+                raft_index_from_key(&key)?,
+                decode("raft log entry", &value)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The last Raft log entry of `group`, if its log holds any.
+    pub fn last_raft_entry<T: DeserializeOwned>(&self, group: u64) -> Result<Option<(u64, T)>> {
+        let from = raft_log_key(group, u64::MAX);
+        let first = raft_log_key(group, 0);
+        let item = self
+            .db
+            .iterator_cf(
+                &self.cf(CF_RAFT_LOG),
+                IteratorMode::From(&from, Direction::Reverse),
+            )
+            .next();
+        match item {
+            None => Ok(None),
+            Some(item) => {
+                let (key, value) = item.map_err(|e| db_error("reading the raft log", e))?;
+                if key.as_ref() < first.as_slice() {
+                    return Ok(None);
+                }
+                Ok(Some((
+                    raft_index_from_key(&key)?,
+                    decode("raft log entry", &value)?,
+                )))
+            }
+        }
+    }
+
+    /// A named record of a Raft group's persistent state (vote, committed, purged, applied).
+    pub fn raft_state<T: DeserializeOwned>(&self, group: u64, name: &str) -> Result<Option<T>> {
+        self.db
+            .get_cf(&self.cf(CF_RAFT_STATE), raft_state_key(group, name))
+            .map_err(|e| db_error("reading raft state", e))?
+            .map(|v| decode("raft state", &v))
+            .transpose()
+    }
+
     /// Flushes every memtable to SST files, so the next open has no write-ahead log to
     /// replay. Called on clean shutdown.
     pub fn flush(&self) -> Result<()> {
@@ -292,6 +368,60 @@ impl Batch<'_> {
             .delete_cf(self.store.cf(CF_STATE), name.as_bytes());
     }
 
+    pub fn put_raft_entry<T: Serialize>(
+        &mut self,
+        group: u64,
+        index: u64,
+        entry: &T,
+    ) -> Result<()> {
+        self.inner.put_cf(
+            &self.store.cf(CF_RAFT_LOG),
+            raft_log_key(group, index),
+            encode("raft log entry", entry)?,
+        );
+        Ok(())
+    }
+
+    /// Removes the Raft log entries of `group` with index `from` and above.
+    pub fn delete_raft_entries_from(&mut self, group: u64, from: u64) {
+        let cf = self.store.cf(CF_RAFT_LOG);
+        let last = raft_log_key(group, u64::MAX);
+        self.inner
+            .delete_range_cf(&cf, raft_log_key(group, from), last);
+        // The range's end is exclusive: the last possible index needs its own delete.
+        self.inner.delete_cf(&cf, last);
+    }
+
+    /// Removes the Raft log entries of `group` with index `upto` and below.
+    pub fn delete_raft_entries_upto(&mut self, group: u64, upto: u64) {
+        self.inner.delete_range_cf(
+            &self.store.cf(CF_RAFT_LOG),
+            raft_log_key(group, 0),
+            raft_log_key(group, upto),
+        );
+        self.inner
+            .delete_cf(&self.store.cf(CF_RAFT_LOG), raft_log_key(group, upto));
+    }
+
+    pub fn put_raft_state<T: Serialize>(
+        &mut self,
+        group: u64,
+        name: &str,
+        record: &T,
+    ) -> Result<()> {
+        self.inner.put_cf(
+            &self.store.cf(CF_RAFT_STATE),
+            raft_state_key(group, name),
+            encode("raft state", record)?,
+        );
+        Ok(())
+    }
+
+    pub fn delete_raft_state(&mut self, group: u64, name: &str) {
+        self.inner
+            .delete_cf(&self.store.cf(CF_RAFT_STATE), raft_state_key(group, name));
+    }
+
     /// Applies the batch atomically; with `sync`, returns once it is durable.
     pub fn commit(self, sync: bool) -> Result<()> {
         let mut opts = WriteOptions::default();
@@ -342,5 +472,49 @@ mod tests {
             1,
             "other collections untouched"
         );
+    }
+
+    #[test]
+    fn raft_logs_of_groups_are_apart_and_truncate_and_purge_by_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = store.batch();
+        for group in [6, 7, 8] {
+            for index in 1..=5u64 {
+                b.put_raft_entry(group, index, &(group, index)).unwrap();
+            }
+        }
+        b.put_raft_state(7, "vote", &"seven".to_owned()).unwrap();
+        b.commit(true).unwrap();
+        let entries = |group| {
+            store
+                .raft_entries::<(u64, u64)>(group, 0..=u64::MAX)
+                .unwrap()
+        };
+        assert_eq!(entries(7).len(), 5);
+        assert!(entries(7).iter().all(|(i, e)| *e == (7, *i)));
+        assert_eq!(
+            store.last_raft_entry::<(u64, u64)>(7).unwrap(),
+            Some((5, (7, 5)))
+        );
+        assert_eq!(store.last_raft_entry::<(u64, u64)>(9).unwrap(), None);
+
+        let mut b = store.batch();
+        b.delete_raft_entries_from(7, 4);
+        b.delete_raft_entries_upto(7, 1);
+        b.commit(true).unwrap();
+        let indexes: Vec<u64> = entries(7).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(indexes, vec![2, 3]);
+        assert_eq!(
+            store.raft_entries::<(u64, u64)>(7, 3..=3).unwrap(),
+            vec![(3, (7, 3))]
+        );
+        assert_eq!(entries(6).len(), 5, "neighbouring groups untouched");
+        assert_eq!(entries(8).len(), 5, "neighbouring groups untouched");
+        assert_eq!(
+            store.raft_state::<String>(7, "vote").unwrap().as_deref(),
+            Some("seven")
+        );
+        assert_eq!(store.raft_state::<String>(8, "vote").unwrap(), None);
     }
 }

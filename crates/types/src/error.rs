@@ -1,11 +1,13 @@
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// Result alias used across the Shoal crates that speak in [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The small closed set of error classes. Every error in Shoal maps to exactly one code, and
 /// the code alone decides the gRPC status and whether a client may retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ErrorCode {
     /// The request is malformed or violates a documented limit.
     InvalidArgument,
@@ -27,7 +29,8 @@ impl ErrorCode {
 }
 
 /// An error with its class and a message meant for the person who sent the request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Serializable, so a replicated command's result can travel back to the node that proposed it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub struct Error {
     pub code: ErrorCode,
     pub message: String,

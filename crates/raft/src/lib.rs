@@ -1,0 +1,89 @@
+//! Replication wiring: the only crate in Shoal that uses openraft.
+//!
+//! - [`TypeConfig`] fixes openraft's types: nodes are `u64` ids with their gRPC address
+//!   ([`BasicNode`]); a log entry carries a [`Request`], a batch of
+//!   [`Command`](shoal_types::Command)s, and yields one result per command ([`Response`]).
+//! - [`log_store::LogStore`] keeps a group's Raft log, vote and committed/purged ids in the
+//!   node's RocksDB (through `shoal-storage`), so one write-ahead log sync makes an append
+//!   durable.
+//! - [`state_machine::StateMachine`] drives a [`Shard`](shoal_shard::Shard): it applies each
+//!   entry's commands with `Shard::apply` and records the applied log id and membership.
+//!
+//! Every group on a node shares one RocksDB; keys carry the group id.
+//!
+//! This crate must not use RocksDB or FAISS directly (it reaches them through `shoal-storage`
+//! and the shard's `IndexFactory`), and must not depend on gRPC: the network lives apart.
+
+#![allow(
+    clippy::result_large_err,
+    reason = "openraft's storage traits fix StorageError, a large type, as the error type"
+)]
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+use shoal_shard::Outcome;
+use shoal_types::{Command, Result};
+
+pub mod log_store;
+pub mod state_machine;
+#[cfg(test)]
+mod test;
+
+pub use openraft::BasicNode;
+
+/// A Raft group's id: unique per node's database, a key prefix of every record it keeps.
+pub type GroupId = u64;
+pub type NodeId = u64;
+
+/// What a log entry carries: commands applied in order, each with its own sequence number.
+/// Batching lets one entry (one append, one fsync) carry many writes under load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub commands: Vec<Command>,
+}
+
+/// One result per command of the entry's [`Request`], in the same order. A rejected
+/// command's error is a result, not a failure of the state machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub results: Vec<Result<Outcome>>,
+}
+
+openraft::declare_raft_types!(
+    /// Shoal's openraft type configuration.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type EntryPayload = openraft::EntryPayload<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type LogState = openraft::storage::LogState<TypeConfig>;
+pub type Membership = openraft::Membership<NodeId, BasicNode>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, BasicNode>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BasicNode>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type StorageIOError = openraft::StorageIOError<NodeId>;
+
+/// Runs storage work on the blocking pool: RocksDB reads, writes and fsyncs never run on the
+/// async workers that carry Raft heartbeats.
+pub(crate) async fn blocking<T, F>(work: F) -> Result<T, StorageError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StorageIOError::read(&e).into())
+        .and_then(|result| result)
+}

@@ -2,17 +2,18 @@
 //!
 //! - [`TypeConfig`] fixes openraft's types: nodes are `u64` ids with their gRPC address
 //!   ([`BasicNode`]); a log entry carries a [`Request`], a batch of
-//!   [`Command`](shoal_types::Command)s, and yields one result per command ([`Response`]).
-//! - [`log_store::LogStore`] keeps a group's Raft log, vote and committed/purged ids in the
+//!   [`Command`]s, and yields one result per command ([`Response`]).
+//! - [`LogStore`] keeps a group's Raft log, vote and committed/purged ids in the
 //!   node's RocksDB (through `shoal-storage`), so one write-ahead log sync makes an append
 //!   durable.
-//! - [`state_machine::StateMachine`] drives a [`Shard`](shoal_shard::Shard): it applies each
+//! - [`StateMachine`] drives a [`Shard`](shoal_shard::Shard): it applies each
 //!   entry's commands with `Shard::apply` and records the applied log id and membership.
 //!
 //! Every group on a node shares one RocksDB; keys carry the group id.
 //!
 //! This crate must not use RocksDB or FAISS directly (it reaches them through `shoal-storage`
-//! and the shard's `IndexFactory`), and must not depend on gRPC: the network lives apart.
+//! and the shard's `IndexFactory`), nor depend on the binaries (`shoal-server`, `shoal-cli`).
+//! The Raft network, over the internal gRPC service, is ADR 0005's step 2.
 
 #![allow(
     clippy::result_large_err,
@@ -30,7 +31,9 @@ pub mod state_machine;
 #[cfg(test)]
 mod test;
 
+pub use log_store::LogStore;
 pub use openraft::BasicNode;
+pub use state_machine::{SnapshotBuilder, StateMachine};
 
 /// A Raft group's id: unique per node's database, a key prefix of every record it keeps.
 pub type GroupId = u64;
@@ -82,8 +85,13 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, StorageError> + Send + 'static,
 {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| StorageIOError::read(&e).into())
-        .and_then(|result| result)
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        let source = openraft::AnyError::new(&e).add_context(|| "storage work did not finish");
+        Err(StorageIOError::new(
+            openraft::ErrorSubject::Store,
+            openraft::ErrorVerb::Write,
+            source,
+        )
+        .into())
+    })
 }

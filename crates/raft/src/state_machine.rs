@@ -36,7 +36,7 @@ use crate::{
 
 pub(crate) const APPLIED: &str = "applied";
 /// Present while a snapshot install is under way; at open, the install is done again.
-const INSTALLING: &str = "installing";
+pub(crate) const INSTALLING: &str = "installing";
 
 /// Where the state machine stands, as persisted in `raft_state`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -201,8 +201,10 @@ impl Inner {
             last_membership: applied.membership.clone(),
             snapshot_id: format!("{}-{position}-{millis}", self.group),
         };
-        drop(applied);
+        // Still under the lock: an install cannot overwrite the file in between, so the
+        // current snapshot is always the newest.
         self.write_snapshot(&meta, &data)?;
+        drop(applied);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

@@ -14,7 +14,7 @@ use shoal_types::{CollectionSpec, Command, ErrorCode, IndexParams, Metric, Point
 use tempfile::TempDir;
 
 use crate::log_store::LogStore;
-use crate::state_machine::{Applied, StateMachine, APPLIED};
+use crate::state_machine::{Applied, StateMachine, APPLIED, INSTALLING};
 use crate::{BasicNode, Entry, EntryPayload, LogId, Membership, Request, StorageError, TypeConfig};
 
 const GROUP: u64 = 7;
@@ -250,4 +250,57 @@ fn snapshots_carry_points_and_replace_the_receivers_state() {
         assert_eq!(next[0].results[0].as_ref().unwrap().sequence, 5);
         assert_eq!(follower.shard().count("a").unwrap(), 2000);
     });
+}
+
+#[test]
+fn an_interrupted_snapshot_install_is_completed_at_open() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let meta = rt.block_on(async {
+        let (_, mut leader) = open(leader_dir.path());
+        let (_, mut follower) = open(follower_dir.path());
+        leader
+            .apply([entry(1, vec![create("a"), upsert("a", 0..100)])])
+            .await
+            .unwrap();
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        follower
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        // As if the process died during the install: the marker is still there and the
+        // shard holds something else.
+        let shard = follower.shard();
+        let sequence = shard.applied_sequence().unwrap();
+        shard.apply(sequence + 1, create("half")).unwrap();
+        let mut batch = shard.store().batch();
+        batch
+            .put_raft_state(GROUP, INSTALLING, &snapshot.meta.snapshot_id)
+            .unwrap();
+        batch.commit(true).unwrap();
+        snapshot.meta
+    });
+    rt.block_on(async {
+        let (_, mut follower) = open(follower_dir.path());
+        let shard = follower.shard();
+        assert!(shard.count("half").is_err());
+        assert_eq!(shard.count("a").unwrap(), 100);
+        assert_eq!(shard.applied_sequence().unwrap(), 2);
+        assert_eq!(
+            follower.applied_state().await.unwrap(),
+            (meta.last_log_id, meta.last_membership.clone())
+        );
+    });
+    let (_, sm) = open(follower_dir.path());
+    assert_eq!(
+        sm.shard().count("a").unwrap(),
+        100,
+        "the marker was cleared"
+    );
 }

@@ -1044,6 +1044,54 @@ mod tests {
     }
 
     #[test]
+    fn restoring_an_export_reproduces_the_state_and_replaces_what_was_there() {
+        let source_dir = tempfile::tempdir().unwrap();
+        let target_dir = tempfile::tempdir().unwrap();
+        let source = open(source_dir.path(), 100);
+        let target = open(target_dir.path(), 100);
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut log = Applier {
+            shard: &source,
+            seq: 0,
+        };
+        log.apply(Command::CreateCollection(spec("Flat", Metric::L2)))
+            .unwrap();
+        log.apply(Command::Upsert {
+            collection: "c".into(),
+            points: random_points(&mut rng, 0..250),
+        })
+        .unwrap();
+        settle(&source);
+        log.apply(Command::Delete {
+            collection: "c".into(),
+            ids: vec![PointId::Num(4)],
+        })
+        .unwrap();
+        let mut other = spec("Flat", Metric::Cosine);
+        other.name = "other".into();
+        Applier {
+            shard: &target,
+            seq: 0,
+        }
+        .apply(Command::CreateCollection(other))
+        .unwrap();
+
+        let image = source.export().unwrap();
+        assert_eq!(image.sequence, 3);
+        assert_eq!(image.collections[0].points.len(), 249);
+        target.restore(image.clone()).unwrap();
+        assert_eq!(target.export().unwrap(), image);
+        assert!(target.count("other").is_err());
+        assert_eq!(target.applied_sequence().unwrap(), 3);
+        for q in random_points(&mut rng, 0..5) {
+            assert_eq!(
+                search_ids(&target, &q.vector, 10),
+                search_ids(&source, &q.vector, 10)
+            );
+        }
+    }
+
+    #[test]
     fn get_returns_vectors_as_written_and_lists_missing() {
         let dir = tempfile::tempdir().unwrap();
         let shard = open(dir.path(), 1000);

@@ -5,13 +5,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc);
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let protos = [root.join("shoal/v1/shoal.proto")];
+    let public = root.join("shoal/v1/shoal.proto");
+    let internal = root.join("shoal/internal/v1/raft.proto");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
 
+    // Only the public API goes into the descriptor set that reflection serves.
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("shoal_descriptor.bin"))
-        .compile_protos(&protos, std::slice::from_ref(&root))?;
-    for proto in &protos {
+        .compile_protos(std::slice::from_ref(&public), std::slice::from_ref(&root))?;
+    tonic_prost_build::configure()
+        .compile_protos(std::slice::from_ref(&internal), std::slice::from_ref(&root))?;
+    for proto in [&public, &internal] {
         println!("cargo:rerun-if-changed={}", proto.display());
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! Shoal's public gRPC API: the code generated from `proto/shoal/v1/*.proto`, the conversions
 //! between wire messages and `shoal-types`, and the single mapping from [`shoal_types::Error`]
-//! to [`tonic::Status`].
+//! to [`tonic::Status`]. Also the internal node-to-node services (`proto/shoal/internal/v1`),
+//! whose Raft payloads are opaque bytes that `shoal-raft` encodes and decodes.
 //!
 //! Generated code lives only here; nothing else in the workspace runs protoc.
 
@@ -17,4 +18,13 @@ pub mod v1 {
 
     /// Encoded `FileDescriptorSet` of the API, served by gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("shoal_descriptor");
+}
+
+/// Internal node-to-node services, not part of the public API.
+pub mod internal {
+    /// Generated messages and services of `shoal.internal.v1`.
+    #[allow(clippy::all, missing_docs, rust_2018_idioms)]
+    pub mod v1 {
+        tonic::include_proto!("shoal.internal.v1");
+    }
 }

@@ -8,12 +8,16 @@
 //!   durable.
 //! - [`StateMachine`] drives a [`Shard`](shoal_shard::Shard): it applies each
 //!   entry's commands with `Shard::apply` and records the applied log id and membership.
+//! - [`network`] carries openraft's RPCs to peers over the internal gRPC service
+//!   (`shoal.internal.v1.RaftService`), one connection per peer shared by all groups;
+//!   [`RaftServer`] receives them and routes each to its group.
+//! - [`RaftNode`] starts and stops a node's groups ([`RaftConfig`] holds their settings).
 //!
 //! Every group on a node shares one RocksDB; keys carry the group id.
 //!
 //! This crate must not use RocksDB or FAISS directly (it reaches them through `shoal-storage`
 //! and the shard's `IndexFactory`), nor depend on the binaries (`shoal-server`, `shoal-cli`).
-//! The Raft network, over the internal gRPC service, is ADR 0005's step 2.
+//! The server binary does not run groups yet (ADR 0005, step 2).
 
 #![allow(
     clippy::result_large_err,
@@ -26,13 +30,20 @@ use serde::{Deserialize, Serialize};
 use shoal_shard::Outcome;
 use shoal_types::{Command, Result};
 
+#[cfg(test)]
+mod cluster_test;
+pub mod group;
 pub mod log_store;
+pub mod network;
+pub mod server;
 pub mod state_machine;
 #[cfg(test)]
 mod test;
 
+pub use group::{RaftConfig, RaftNode};
 pub use log_store::LogStore;
 pub use openraft::BasicNode;
+pub use server::{Groups, RaftServer};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 
 /// A Raft group's id: unique per node's database, a key prefix of every record it keeps.

@@ -19,7 +19,7 @@ use crate::{BasicNode, Entry, EntryPayload, LogId, Membership, Request, StorageE
 
 const GROUP: u64 = 7;
 
-fn open_shard(dir: &Path) -> Arc<Shard> {
+pub(crate) fn open_shard(dir: &Path) -> Arc<Shard> {
     let metrics = ShardMetrics::new(&prometheus::Registry::new()).unwrap();
     Arc::new(Shard::open(dir, Arc::new(FaissFactory), ShardConfig::default(), metrics).unwrap())
 }

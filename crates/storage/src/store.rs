@@ -83,6 +83,28 @@ impl Store {
             .unwrap_or_else(|| unreachable!("column family {name} is created at open"))
     }
 
+    /// Visits every entry of `cf` with `from <= key < to`, in key order.
+    fn scan(
+        &self,
+        cf: &str,
+        what: &str,
+        from: &[u8],
+        to: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let iter = self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(from, Direction::Forward));
+        for item in iter {
+            let (key, value) = item.map_err(|e| db_error(what, e))?;
+            if key.as_ref() >= to {
+                break;
+            }
+            visit(&key, &value)?;
+        }
+        Ok(())
+    }
+
     pub fn batch(&self) -> Batch<'_> {
         Batch {
             store: self,
@@ -110,16 +132,10 @@ impl Store {
     pub fn segments<T: DeserializeOwned>(&self, coll: u32) -> Result<Vec<T>> {
         let (from, to) = collection_range(coll);
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            &self.cf(CF_SEGMENTS),
-            IteratorMode::From(&from, Direction::Forward),
-        ) {
-            let (key, value) = item.map_err(|e| db_error("scanning segments", e))?;
-            if key.as_ref() >= to.as_slice() {
-                break;
-            }
-            out.push(decode("segment", &value)?);
-        }
+        self.scan(CF_SEGMENTS, "scanning segments", &from, &to, |_, value| {
+            out.push(decode("segment", value)?);
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -127,16 +143,10 @@ impl Store {
     pub fn points(&self, coll: u32) -> Result<HashMap<PointId, u64>> {
         let (from, to) = collection_range(coll);
         let mut out = HashMap::new();
-        for item in self.db.iterator_cf(
-            &self.cf(CF_POINTS),
-            IteratorMode::From(&from, Direction::Forward),
-        ) {
-            let (key, value) = item.map_err(|e| db_error("scanning points", e))?;
-            if key.as_ref() >= to.as_slice() {
-                break;
-            }
-            out.insert(point_id_from_key(&key)?, u64_value(&value)?);
-        }
+        self.scan(CF_POINTS, "scanning points", &from, &to, |key, value| {
+            out.insert(point_id_from_key(key)?, u64_value(value)?);
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -177,21 +187,15 @@ impl Store {
         let start = numbered_key(coll, from_row);
         let (_, to) = collection_range(coll);
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            &self.cf(CF_ROWS),
-            IteratorMode::From(&start, Direction::Forward),
-        ) {
-            let (key, value) = item.map_err(|e| db_error("scanning rows", e))?;
-            if key.as_ref() >= to.as_slice() {
-                break;
-            }
-            let (id, vector) = decode_row(&value)?;
+        self.scan(CF_ROWS, "scanning rows", &start, &to, |key, value| {
+            let (id, vector) = decode_row(value)?;
             out.push(StoredRow {
-                row: number_from_key(&key)?,
+                row: number_from_key(key)?,
                 id,
                 vector,
             });
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -217,20 +221,19 @@ impl Store {
             return Ok(out);
         }
         let start = raft_log_key(group, first);
-        let end = raft_log_key(group, last);
-        for item in self.db.iterator_cf(
-            &self.cf(CF_RAFT_LOG),
-            IteratorMode::From(&start, Direction::Forward),
-        ) {
-            let (key, value) = item.map_err(|e| db_error("scanning the raft log", e))?;
-            if key.as_ref() > end.as_slice() {
-                break;
-            }
-            out.push((
-                raft_index_from_key(&key)?,
-                decode("raft log entry", &value)?,
-            ));
-        }
+        // Every key is 16 bytes, so `key(last) ++ [0]` is the first key after `key(last)`.
+        let mut end = raft_log_key(group, last).to_vec();
+        end.push(0);
+        self.scan(
+            CF_RAFT_LOG,
+            "scanning the raft log",
+            &start,
+            &end,
+            |key, value| {
+                out.push((raft_index_from_key(key)?, decode("raft log entry", value)?));
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 

@@ -327,3 +327,71 @@ async fn sigterm_shuts_down_cleanly_and_keeps_data() {
     let found = fetch_all(&node, &(0..100).collect::<Vec<_>>()).await;
     assert_eq!(found.len(), 100);
 }
+
+/// The node's Raft group is initialized once, on an empty data directory: a clean restart and
+/// a kill -9 restart both resume it (same log, growing sequence) and writes keep committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_resume_the_raft_group_without_initializing_it_again() {
+    let mut node = Node::start();
+    let out = node.shoalctl(&[
+        "collection",
+        "create",
+        "d",
+        "--dim",
+        "16",
+        "--metric",
+        "l2",
+        "--index",
+        "Flat",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut last_sequence = 0;
+    for life in 0..3u64 {
+        match life {
+            0 => {}
+            1 => {
+                assert_eq!(node.terminate(), Some(0), "{}", node.log());
+                node.restart();
+            }
+            _ => node.restart(),
+        }
+        let mut points = node.points().await;
+        let ids: Vec<u64> = (life * 100..life * 100 + 100).collect();
+        let sequence = points
+            .upsert(v1::UpsertRequest {
+                collection: "d".into(),
+                points: ids.iter().map(|&id| point(id, vector_for(id))).collect(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("write after restart {life}: {e}\n{}", node.log()))
+            .into_inner()
+            .sequence;
+        assert!(
+            sequence > last_sequence,
+            "sequence {sequence} after {last_sequence}"
+        );
+        last_sequence = sequence;
+        let all: Vec<u64> = (0..life * 100 + 100).collect();
+        let found = fetch_all(&node, &all).await;
+        assert_eq!(
+            found.len(),
+            all.len(),
+            "points missing after restart {life}"
+        );
+        for id in all {
+            assert_eq!(found[&id], vector_for(id));
+        }
+    }
+    let log = node.log();
+    assert_eq!(
+        log.matches("raft group initialized with this node as its only voter")
+            .count(),
+        1,
+        "the group must be initialized once, on the first start:\n{log}"
+    );
+    assert_eq!(log.matches("shoal node ready").count(), 3, "{log}");
+}

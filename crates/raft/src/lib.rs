@@ -11,13 +11,17 @@
 //! - [`network`] carries openraft's RPCs to peers over the internal gRPC service
 //!   (`shoal.internal.v1.RaftService`), one connection per peer shared by all groups;
 //!   [`RaftServer`] receives them and routes each to its group.
-//! - [`RaftNode`] starts and stops a node's groups ([`RaftConfig`] holds their settings).
+//! - [`RaftNode`] starts and stops a node's groups ([`RaftConfig`] holds their settings) and
+//!   bootstraps a group with the node as its only voter.
+//! - [`Proposer`] is the write path: it checks a command, proposes it and answers once its
+//!   entry is committed and applied.
 //!
 //! Every group on a node shares one RocksDB; keys carry the group id.
 //!
 //! This crate must not use RocksDB or FAISS directly (it reaches them through `shoal-storage`
 //! and the shard's `IndexFactory`), nor depend on the binaries (`shoal-server`, `shoal-cli`).
-//! The server binary does not run groups yet (ADR 0005, step 2).
+//! The server binary runs one group (group 0, over its shard) with itself as the only voter;
+//! joining other nodes and forwarding writes to the leader come later (ADR 0005, step 2).
 
 #![allow(
     clippy::result_large_err,
@@ -35,6 +39,7 @@ mod cluster_test;
 pub mod group;
 pub mod log_store;
 pub mod network;
+pub mod proposer;
 pub mod server;
 pub mod state_machine;
 #[cfg(test)]
@@ -43,6 +48,7 @@ mod test;
 pub use group::{RaftConfig, RaftNode};
 pub use log_store::LogStore;
 pub use openraft::BasicNode;
+pub use proposer::Proposer;
 pub use server::{Groups, RaftServer};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 

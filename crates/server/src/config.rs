@@ -9,12 +9,15 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 use shoal_index::SegmentConfig;
+use shoal_raft::{NodeId, RaftConfig};
 use shoal_types::Limits;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub node: NodeConfig,
+    pub cluster: ClusterConfig,
+    pub raft: RaftConfig,
     pub limits: Limits,
     pub index: SegmentConfig,
     pub runtime: RuntimeConfig,
@@ -41,6 +44,24 @@ impl Default for NodeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7600)),
             http: SocketAddr::from(([127, 0, 0, 1], 7680)),
             shutdown_grace_secs: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's Raft id, unique in the cluster and never reused. Positive.
+    pub node_id: NodeId,
+    /// How long start-up waits for this node to lead its group, in seconds.
+    pub leader_wait_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            leader_wait_secs: 30,
         }
     }
 }
@@ -139,6 +160,13 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.limits.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         self.index.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.raft.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if self.cluster.node_id == 0 {
+            bail!("cluster.node_id must be positive");
+        }
+        if self.cluster.leader_wait_secs == 0 {
+            bail!("cluster.leader_wait_secs must be positive");
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!(
                 "log.format must be \"text\" or \"json\", got {:?}",
@@ -172,6 +200,8 @@ mod tests {
         let config = Config::load(None, &Overrides::default()).unwrap();
         assert!(config.node.listen.ip().is_loopback());
         assert!(config.node.http.ip().is_loopback());
+        assert_eq!(config.cluster.node_id, 1);
+        assert_eq!(config.raft, RaftConfig::default());
     }
 
     #[test]
@@ -200,6 +230,9 @@ mod tests {
             ("[node]\nunknown_key = 1", "unknown_key"),
             ("[limits]\nmax_k = 0", "max_k"),
             ("[log]\nformat = \"xml\"", "log.format"),
+            ("[cluster]\nnode_id = 0", "cluster.node_id"),
+            ("[cluster]\nunknown_key = 1", "unknown_key"),
+            ("[raft]\nheartbeat_interval_ms = 0", "heartbeat_interval_ms"),
         ] {
             let err = format!("{:#}", load_toml(bad).unwrap_err());
             assert!(

@@ -9,20 +9,25 @@ use shoal_proto::v1::collection_service_server::CollectionService;
 use shoal_proto::v1::point_service_server::PointService;
 use shoal_proto::v1::{self};
 use shoal_proto::{ids_from_wire, metric_to_wire, search_params_from_wire, status_from_error};
-use shoal_shard::{CollectionDescription, CommandLog, CpuPool, Shard};
+use shoal_raft::Proposer;
+use shoal_shard::{CollectionDescription, CpuPool, Shard};
 use shoal_types::{CollectionSpec, Command, Error, Point};
 use tonic::{Request, Response, Status};
 
 /// Shared by both services.
 #[derive(Clone)]
 pub struct Api {
-    log: CommandLog,
+    proposer: Proposer,
     search_pool: CpuPool,
     latency: HistogramVec,
 }
 
 impl Api {
-    pub fn new(log: CommandLog, search_pool: CpuPool, registry: &Registry) -> anyhow::Result<Self> {
+    pub fn new(
+        proposer: Proposer,
+        search_pool: CpuPool,
+        registry: &Registry,
+    ) -> anyhow::Result<Self> {
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "shoal_grpc_request_seconds",
@@ -33,14 +38,14 @@ impl Api {
         )?;
         registry.register(Box::new(latency.clone()))?;
         Ok(Self {
-            log,
+            proposer,
             search_pool,
             latency,
         })
     }
 
     fn shard(&self) -> &Arc<Shard> {
-        self.log.shard()
+        self.proposer.shard()
     }
 
     /// Runs a handler and records its latency by method and status code.
@@ -118,7 +123,7 @@ impl CollectionService for Api {
     ) -> Result<Response<v1::CreateCollectionResponse>, Status> {
         self.timed("CreateCollection", async {
             let spec = CollectionSpec::try_from(request.into_inner()).map_err(bad)?;
-            self.log
+            self.proposer
                 .submit(Command::CreateCollection(spec))
                 .await
                 .map_err(bad)?;
@@ -161,7 +166,7 @@ impl CollectionService for Api {
     ) -> Result<Response<v1::DropCollectionResponse>, Status> {
         let name = request.into_inner().name;
         self.timed("DropCollection", async {
-            self.log
+            self.proposer
                 .submit(Command::DropCollection { name })
                 .await
                 .map(|_| Response::new(v1::DropCollectionResponse {}))
@@ -187,7 +192,7 @@ impl PointService for Api {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(bad)?;
             let outcome = self
-                .log
+                .proposer
                 .submit(Command::Upsert {
                     collection: req.collection,
                     points,
@@ -229,7 +234,7 @@ impl PointService for Api {
             let req = request.into_inner();
             let ids = ids_from_wire(req.ids).map_err(bad)?;
             let outcome = self
-                .log
+                .proposer
                 .submit(Command::Delete {
                     collection: req.collection,
                     ids,

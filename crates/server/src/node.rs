@@ -1,5 +1,8 @@
-//! `shoal node`: wires storage, index, command log, maintenance and the servers together,
+//! `shoal node`: wires storage, index, the Raft group, maintenance and the servers together,
 //! and shuts them down in order on SIGTERM or Ctrl-C.
+//!
+//! The node runs Raft group 0 over its shard with itself as the only voter: every write is a
+//! Raft log entry, acknowledged once committed (its append fsynced) and applied.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,13 +14,17 @@ use shoal_index_faiss::FaissFactory;
 use shoal_proto::v1::collection_service_server::CollectionServiceServer;
 use shoal_proto::v1::point_service_server::PointServiceServer;
 use shoal_proto::v1::FILE_DESCRIPTOR_SET;
-use shoal_shard::{CommandLog, CpuPool, Maintenance, Shard, ShardConfig, ShardMetrics};
+use shoal_raft::{GroupId, Proposer, RaftNode, RaftServer};
+use shoal_shard::{CpuPool, Maintenance, Shard, ShardConfig, ShardMetrics};
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
 use crate::grpc::Api;
 use crate::http;
+
+/// The node's shard is Raft group 0; more groups arrive with sharding.
+const SHARD_GROUP: GroupId = 0;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let registry = Registry::new_custom(None, None)?;
@@ -57,12 +64,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let maintenance =
         Maintenance::start(shard.clone(), build_pool).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let log = CommandLog::start(shard.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let api = Api::new(log, search_pool, &registry)?;
+    let raft_node = RaftNode::new(config.cluster.node_id, config.raft.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let raft = raft_node
+        .start_group(
+            SHARD_GROUP,
+            shard.clone(),
+            &config.node.data_dir.join("raft"),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let api = Api::new(
+        Proposer::start(raft.clone(), SHARD_GROUP, shard.clone()),
+        search_pool,
+        &registry,
+    )?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<CollectionServiceServer<Api>>().await;
-    health.set_serving::<PointServiceServer<Api>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -82,22 +100,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
+        .add_service(RaftServer::service(raft_node.groups().clone()))
         .serve_with_incoming_shutdown(
             // Small request/response RPCs: Nagle's algorithm would add tens of milliseconds.
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             wait_for(stop_rx.clone()),
         );
 
+    let mut grpc = tokio::spawn(grpc);
+
+    // Peers reach this node at its gRPC address, so the server runs before the group forms.
+    raft_node
+        .initialize_alone(&raft, SHARD_GROUP, config.node.listen.to_string())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    raft_node
+        .wait_until_leader(
+            &raft,
+            SHARD_GROUP,
+            Duration::from_secs(config.cluster.leader_wait_secs),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    health.set_serving::<CollectionServiceServer<Api>>().await;
+    health.set_serving::<PointServiceServer<Api>>().await;
     ready.store(true, Ordering::Release);
     tracing::info!(
         grpc = %config.node.listen,
         http = %config.node.http,
         data_dir = %config.node.data_dir.display(),
         seconds = started.elapsed().as_secs_f64(),
+        node_id = config.cluster.node_id,
         "shoal node ready"
     );
 
-    let mut grpc = tokio::spawn(grpc);
     tokio::select! {
         served = &mut grpc => {
             served.context("gRPC server task")?.context("gRPC server failed")?;
@@ -126,6 +163,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let _ = tokio::time::timeout(grace, http_server).await;
+    raft_node
+        .shutdown()
+        .await
+        .map_err(|e| anyhow::anyhow!("stopping raft: {e}"))?;
     drop(maintenance);
     let flushed = std::time::Instant::now();
     tokio::task::spawn_blocking(move || shard.flush())

@@ -1,0 +1,123 @@
+//! The write path of a node that leads its group: [`Proposer`] checks each command, batches
+//! the commands that arrive while the previous entry is being committed into one log entry,
+//! and answers each once its entry is committed and applied.
+
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, Fatal, RaftError};
+use shoal_shard::{Outcome, Shard};
+use shoal_types::{Command, Error, ErrorCode, Result};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{GroupId, NodeId, Raft, Request};
+
+/// Most commands in one log entry.
+const MAX_BATCH: usize = 256;
+
+type Pending = (Command, oneshot::Sender<Result<Outcome>>);
+
+/// Proposes writes to one group and returns each command's result. Clones share one
+/// proposing task, which stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Proposer {
+    shard: Arc<Shard>,
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Proposer {
+    /// Starts the proposing task on the current tokio runtime.
+    pub fn start(raft: Raft, group: GroupId, shard: Arc<Shard>) -> Self {
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(propose(raft, group, shard.clone(), rx));
+        Self { shard, tx }
+    }
+
+    /// The shard the group drives, for local reads.
+    pub fn shard(&self) -> &Arc<Shard> {
+        &self.shard
+    }
+
+    /// Checks `cmd`, then commits it through the Raft log and applies it. An acknowledged
+    /// write is in a committed entry, which on a single voter means its append was fsynced.
+    /// The outcome's `sequence` is the shard sequence number the command was applied at.
+    pub async fn submit(&self, cmd: Command) -> Result<Outcome> {
+        let shard = self.shard.clone();
+        // Validation walks every vector: off the async workers. The check is stateless, so a
+        // command that passes can still be rejected when applied (e.g. a missing collection).
+        let cmd = tokio::task::spawn_blocking(move || shard.precheck(&cmd).map(|()| cmd))
+            .await
+            .map_err(|e| Error::internal(format!("checking a command: {e}")))??;
+        let (reply, answer) = oneshot::channel();
+        // A full queue is backpressure.
+        self.tx
+            .send((cmd, reply))
+            .await
+            .map_err(|_| shutting_down())?;
+        answer.await.map_err(|_| shutting_down())?
+    }
+}
+
+/// Proposes one entry at a time, each carrying every command queued meanwhile: concurrent
+/// writers share an append and its fsync.
+async fn propose(raft: Raft, group: GroupId, shard: Arc<Shard>, mut rx: mpsc::Receiver<Pending>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (commands, replies): (Vec<Command>, Vec<_>) = batch.drain(..).unzip();
+        let count = commands.len();
+        shard.metrics().group_commit_size.observe(count as f64);
+        let results = match raft.client_write(Request { commands }).await {
+            Ok(written) if written.data.results.len() == count => written.data.results,
+            Ok(written) => {
+                let error = Error::internal(format!(
+                    "raft group {group} returned {} results for {count} commands",
+                    written.data.results.len()
+                ));
+                vec![Err(error); count]
+            }
+            Err(e) => vec![Err(write_error(group, e)); count],
+        };
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+fn write_error(
+    group: GroupId,
+    error: RaftError<NodeId, ClientWriteError<NodeId, crate::BasicNode>>,
+) -> Error {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            let leader = forward.leader_id.map_or_else(
+                || "no leader is known".to_owned(),
+                |id| format!("node {id} leads it"),
+            );
+            Error::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "this node does not lead raft group {group} ({leader}); forwarding writes \
+                     to the leader is not implemented yet, retry against the leader"
+                ),
+            )
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Error::internal(format!("raft group {group}: {e}"))
+        }
+        RaftError::Fatal(Fatal::Stopped) => shutting_down(),
+        RaftError::Fatal(fatal) => fail_stop(group, &fatal),
+    }
+}
+
+fn shutting_down() -> Error {
+    Error::new(ErrorCode::Unavailable, "the node is shutting down")
+}
+
+/// openraft stops a group on any log store or state machine error (the state machine reports
+/// a command's internal error as one), and after a failed fsync the node can no longer promise
+/// durability. Stop the process, unacknowledged, and let the supervisor restart it: recovery
+/// replays the log.
+fn fail_stop(group: GroupId, fatal: &Fatal<NodeId>) -> ! {
+    tracing::error!(group, error = %fatal, "raft group failed; stopping the node");
+    eprintln!("fatal: raft group {group} failed: {fatal}");
+    std::process::abort()
+}

@@ -156,7 +156,8 @@ impl RaftNode {
             ));
         }
         let config = self.config.openraft(group)?;
-        let log = LogStore::new(shard.store().clone(), group);
+        let log = LogStore::new(shard.store().clone(), group)
+            .counting_syncs(shard.metrics().wal_syncs.clone());
         let snapshot_dir = snapshot_dir.to_owned();
         let state_machine =
             tokio::task::spawn_blocking(move || StateMachine::open(shard, group, &snapshot_dir))

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, OptionalSend, RaftLogId, RaftLogReader};
+use prometheus::IntCounter;
 use shoal_storage::Store;
 
 use crate::{
@@ -25,11 +26,31 @@ const LAST_PURGED: &str = "last_purged";
 pub struct LogStore {
     store: Arc<Store>,
     group: GroupId,
+    /// Counts synced writes (`shoal_wal_syncs_total`), when set.
+    syncs: Option<IntCounter>,
 }
 
 impl LogStore {
     pub fn new(store: Arc<Store>, group: GroupId) -> Self {
-        Self { store, group }
+        Self {
+            store,
+            group,
+            syncs: None,
+        }
+    }
+
+    /// Counts every synced write of this store in `syncs`.
+    pub fn counting_syncs(mut self, syncs: IntCounter) -> Self {
+        self.syncs = Some(syncs);
+        self
+    }
+
+    /// Passes a synced write's result through, counting it if it succeeded.
+    fn synced<T>(&self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        if let (Ok(_), Some(syncs)) = (&result, &self.syncs) {
+            syncs.inc();
+        }
+        result
     }
 }
 
@@ -102,7 +123,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let (store, group, vote) = (self.store.clone(), self.group, *vote);
-        blocking(move || {
+        let written = blocking(move || {
             let write_vote = |e: shoal_types::Error| -> StorageError {
                 StorageIOError::write_vote(AnyError::new(&e)).into()
             };
@@ -112,7 +133,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(write_vote)?;
             batch.commit(true).map_err(write_vote)
         })
-        .await
+        .await;
+        self.synced(written)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -171,6 +193,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.commit(true).map_err(|e| write_error(&e))
         })
         .await;
+        let written = self.synced(written);
         callback.log_io_completed(
             written
                 .as_ref()
@@ -182,17 +205,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let (store, group) = (self.store.clone(), self.group);
-        blocking(move || {
+        let written = blocking(move || {
             let mut batch = store.batch();
             batch.delete_raft_entries_from(group, log_id.index);
             batch.commit(true).map_err(|e| write_error(&e))
         })
-        .await
+        .await;
+        self.synced(written)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let (store, group) = (self.store.clone(), self.group);
-        blocking(move || {
+        let written = blocking(move || {
             // Synced: the shared write-ahead log then also holds every state machine write
             // made before, so no purged entry is still needed to rebuild the state.
             let mut batch = store.batch();
@@ -202,7 +226,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.delete_raft_entries_upto(group, log_id.index);
             batch.commit(true).map_err(|e| write_error(&e))
         })
-        .await
+        .await;
+        self.synced(written)
     }
 }
 

@@ -225,6 +225,7 @@ impl Inner {
                 .put_raft_state(self.group, INSTALLING, &meta.snapshot_id)
                 .map_err(|e| sm_write_error(&e))?;
             batch.commit(true).map_err(|e| sm_write_error(&e))?;
+            self.shard.metrics().wal_syncs.inc();
         }
         let next = Applied {
             last_log_id: meta.last_log_id,
@@ -239,6 +240,7 @@ impl Inner {
         batch.delete_raft_state(self.group, INSTALLING);
         // Synced: openraft may purge the log up to this snapshot next.
         batch.commit(true).map_err(|e| sm_write_error(&e))?;
+        self.shard.metrics().wal_syncs.inc();
         *applied = next;
         tracing::info!(group = self.group, snapshot_id = %meta.snapshot_id, "snapshot installed");
         Ok(())

@@ -4,7 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
 
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let public = root.join("shoal/v1/shoal.proto");
     let internal = root.join("shoal/internal/v1/raft.proto");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

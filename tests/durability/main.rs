@@ -65,22 +65,7 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
     .unwrap();
     let mut node = Node::start_with(&["--config", config.to_str().unwrap()]);
 
-    let out = node.shoalctl(&[
-        "collection",
-        "create",
-        "d",
-        "--dim",
-        "16",
-        "--metric",
-        "l2",
-        "--index",
-        "HNSW16,Flat",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    node.create_collection("d", 16, "l2", "HNSW16,Flat", &[]);
 
     // Phase 1: a base that gets sealed, then some acknowledged deletes and overwrites.
     let mut expected: BTreeMap<u64, Vec<f32>> = BTreeMap::new();
@@ -296,18 +281,7 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_shuts_down_cleanly_and_keeps_data() {
     let mut node = Node::start();
-    let out = node.shoalctl(&[
-        "collection",
-        "create",
-        "d",
-        "--dim",
-        "16",
-        "--metric",
-        "ip",
-        "--index",
-        "Flat",
-    ]);
-    assert!(out.status.success());
+    node.create_collection("d", 16, "ip", "Flat", &[]);
     let mut points = node.points().await;
     let batch: Vec<v1::Point> = (0..100).map(|id| point(id, vector_for(id))).collect();
     points
@@ -333,22 +307,7 @@ async fn sigterm_shuts_down_cleanly_and_keeps_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_resume_the_raft_group_without_initializing_it_again() {
     let mut node = Node::start();
-    let out = node.shoalctl(&[
-        "collection",
-        "create",
-        "d",
-        "--dim",
-        "16",
-        "--metric",
-        "l2",
-        "--index",
-        "Flat",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    node.create_collection("d", 16, "l2", "Flat", &[]);
     let mut last_sequence = 0;
     for life in 0..3u64 {
         match life {

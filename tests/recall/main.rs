@@ -22,25 +22,12 @@ async fn hnsw_recall_on_50k_glove_is_at_least_0_95() {
     let all = read_npy(&glove_path(), BASE + QUERIES);
     let (base, queries) = all.split_at(BASE);
     let node = Node::start();
-    let out = node.shoalctl(&[
-        "collection",
-        "create",
+    node.create_collection(
         "glove",
-        "--dim",
-        "50",
-        "--metric",
+        50,
         "cosine",
-        "--index",
         "HNSW32,Flat",
-        "--param",
-        "efConstruction=80",
-        "--param",
-        "efSearch=128",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["--param", "efConstruction=80", "--param", "efSearch=128"],
     );
 
     let mut points = node.points().await;

@@ -232,6 +232,37 @@ impl Node {
             .unwrap()
     }
 
+    /// Creates a collection with `shoalctl collection create`, asserting success. `extra` holds
+    /// further flags such as `--param efSearch=64`.
+    pub fn create_collection(
+        &self,
+        name: &str,
+        dim: u32,
+        metric: &str,
+        index: &str,
+        extra: &[&str],
+    ) {
+        let dim = dim.to_string();
+        let mut args = vec![
+            "collection",
+            "create",
+            name,
+            "--dim",
+            &dim,
+            "--metric",
+            metric,
+            "--index",
+            index,
+        ];
+        args.extend_from_slice(extra);
+        let out = self.shoalctl(&args);
+        assert!(
+            out.status.success(),
+            "shoalctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs `shoalctl --output json ...`, asserts success and parses stdout.
     pub fn shoalctl_json(&self, args: &[&str]) -> serde_json::Value {
         let mut full = vec!["--output", "json"];

@@ -498,11 +498,11 @@ impl CollectionIndex {
         self.len() == 0
     }
 
-    /// Top-`k` live points for each query (`queries` row-major, as sent), best first.
-    /// CPU-heavy: call on a CPU pool.
+    /// Top-`k` live points for each query (`queries` row-major, as sent; prepared for the
+    /// metric in place), best first. CPU-heavy: call on a CPU pool.
     pub fn search(
         &self,
-        queries: &[f32],
+        mut queries: Vec<f32>,
         k: usize,
         params: &SearchParams,
     ) -> Result<Vec<Vec<Hit>>> {
@@ -521,8 +521,7 @@ impl CollectionIndex {
         }
         let dim = self.spec.dimension as usize;
         let metric = self.spec.metric;
-        let mut prepared = queries.to_vec();
-        prepared
+        queries
             .chunks_exact_mut(dim)
             .for_each(|q| metric.prepare(q));
         let segments: Vec<Arc<Segment>> = {
@@ -533,7 +532,7 @@ impl CollectionIndex {
         let mut per_query: Vec<SegmentHits> = vec![Vec::new(); nq];
         for seg in &segments {
             for (q, hits) in seg
-                .search(metric, dim, &prepared, k, params)?
+                .search(metric, dim, &queries, k, params)?
                 .into_iter()
                 .enumerate()
             {

@@ -176,10 +176,6 @@ impl Shard {
         })
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.config.limits
-    }
-
     pub fn metrics(&self) -> &ShardMetrics {
         &self.metrics
     }
@@ -528,7 +524,7 @@ impl Shard {
             spec.check_vector(&format_args!("query {i}"), q)?;
             flat.extend_from_slice(q);
         }
-        let results = coll.index.search(&flat, k as usize, params)?;
+        let results = coll.index.search(flat, k as usize, params)?;
         results
             .into_iter()
             .map(|hits| {

@@ -22,15 +22,6 @@ impl Metric {
         !matches!(self, Metric::L2)
     }
 
-    /// Whether `a` ranks strictly before `b`.
-    pub fn better(self, a: f32, b: f32) -> bool {
-        if self.higher_is_better() {
-            a > b
-        } else {
-            a < b
-        }
-    }
-
     /// The score of `v` against `q`, as this metric defines it (vectors already normalised for
     /// cosine).
     pub fn score(self, q: &[f32], v: &[f32]) -> f32 {

@@ -17,8 +17,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/node-lib.sh
 source scripts/node-lib.sh
 
-readonly BIN_DIR=${SHOAL_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/shoal/target}/debug}
-readonly GLOVE=${SHOAL_GLOVE:-data/glove-50.npy}
 readonly LIMIT=${LIMIT:-400000}
 readonly EF=${EF:-64}
 readonly EF_CONSTRUCTION=${EF_CONSTRUCTION:-40}

@@ -13,8 +13,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/node-lib.sh
 source scripts/node-lib.sh
 
-readonly BIN_DIR=${SHOAL_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/shoal/target}/debug}
-readonly GLOVE=${SHOAL_GLOVE:-data/glove-50.npy}
 readonly READY_TIMEOUT_SECS=${READY_TIMEOUT_SECS:-60}
 readonly STOP_TIMEOUT_SECS=${STOP_TIMEOUT_SECS:-60}
 readonly COLLECTION=glove

@@ -1,6 +1,12 @@
 # shellcheck shell=bash
 # Shared by scripts/demo.sh and scripts/bench.sh: free loopback ports and waiting for a node.
-# Source it; it defines functions only.
+# Source it from the repository root; it defines the binary and data locations and functions.
+
+# Where `make build` puts the binaries and `make data` the GloVe matrix (used by the sourcing
+# scripts).
+# shellcheck disable=SC2034
+readonly BIN_DIR=${SHOAL_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/shoal/target}/debug}
+readonly GLOVE=${SHOAL_GLOVE:-data/glove-50.npy}
 
 # Prints two distinct free loopback ports: the kernel picks them while both sockets are bound.
 free_ports() {

@@ -16,6 +16,7 @@ fn create(name: &str, dim: u32, metric: v1::Metric, index: &str) -> v1::CreateCo
         metric: metric as i32,
         index: index.into(),
         index_params: HashMap::new(),
+        ..Default::default()
     }
 }
 
@@ -43,6 +44,7 @@ fn search(collection: &str, queries: Vec<Vec<f32>>, k: u32) -> v1::SearchRequest
         k,
         params: None,
         with_vectors: false,
+        ..Default::default()
     }
 }
 
@@ -121,6 +123,7 @@ async fn every_call_round_trips() {
             collection: "things".into(),
             ids: vec!["driver_1001".into(), 9.into()],
             with_vectors: true,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -155,6 +158,7 @@ async fn every_call_round_trips() {
     let count = points
         .count(v1::CountRequest {
             collection: "things".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -164,6 +168,7 @@ async fn every_call_round_trips() {
     let info = collections
         .describe_collection(v1::DescribeCollectionRequest {
             name: "things".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -182,6 +187,7 @@ async fn every_call_round_trips() {
     let gone = collections
         .describe_collection(v1::DescribeCollectionRequest {
             name: "things".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -552,6 +558,7 @@ async fn bad_input_gets_a_clear_status_and_loses_nothing() {
             collection: "keep".into(),
             ids: vec![1.into(), 2.into()],
             with_vectors: true,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -563,7 +570,8 @@ async fn bad_input_gets_a_clear_status_and_loses_nothing() {
     assert_eq!(
         points
             .count(v1::CountRequest {
-                collection: "keep".into()
+                collection: "keep".into(),
+                ..Default::default()
             })
             .await
             .unwrap()

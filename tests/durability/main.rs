@@ -36,6 +36,7 @@ async fn fetch_all(node: &Node, ids: &[u64]) -> HashMap<u64, Vec<f32>> {
                 collection: "d".into(),
                 ids: chunk.iter().map(|&i| i.into()).collect(),
                 with_vectors: true,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -213,6 +214,7 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
         .await
         .count(v1::CountRequest {
             collection: "d".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -261,6 +263,7 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
             k: 10,
             params: None,
             with_vectors: false,
+            ..Default::default()
         })
         .await
         .unwrap()

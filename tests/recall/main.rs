@@ -78,6 +78,7 @@ async fn hnsw_recall_on_50k_glove_is_at_least_0_95() {
             k: K as u32,
             params: None,
             with_vectors: false,
+            ..Default::default()
         })
         .await
         .unwrap()

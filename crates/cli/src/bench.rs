@@ -407,6 +407,7 @@ impl Worker {
                 k: self.level.k,
                 params: Some(self.level.params),
                 with_vectors: false,
+                consistency: v1::Consistency::Strong.into(),
             };
             let sent = Instant::now();
             let response = self.client.search(request).await?.into_inner();

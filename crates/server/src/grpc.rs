@@ -107,6 +107,7 @@ fn collection_info(d: CollectionDescription) -> v1::CollectionInfo {
         index_state: d.index_state.as_str().to_owned(),
         disk_bytes: d.disk_bytes,
         memory_bytes: d.memory_bytes,
+        ..Default::default()
     }
 }
 

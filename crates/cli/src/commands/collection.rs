@@ -65,6 +65,7 @@ pub fn create_request(
         metric: metric_to_wire(metric).into(),
         index: index.to_owned(),
         index_params: params.iter().cloned().collect(),
+        replicas: 0,
     }
 }
 
@@ -100,6 +101,7 @@ pub async fn run(mut clients: Clients, format: Format, command: CollectionComman
 pub async fn describe(clients: &mut Clients, name: &str) -> Result<v1::CollectionInfo> {
     let request = v1::DescribeCollectionRequest {
         name: name.to_owned(),
+        consistency: v1::Consistency::Strong.into(),
     };
     Ok(clients
         .collections
@@ -312,6 +314,7 @@ mod tests {
             index_state: "ready".into(),
             disk_bytes: 100,
             memory_bytes: 200,
+            ..Default::default()
         };
         let json = serde_json::to_value(CollectionReport::from(info)).unwrap();
         assert_eq!(

@@ -66,6 +66,7 @@ pub async fn run(mut clients: Clients, format: Format, command: PointsCommand) -
                 collection,
                 ids: ids.into_iter().map(Into::into).collect(),
                 with_vectors,
+                consistency: v1::Consistency::Strong.into(),
             };
             let response = clients.points.get(request).await?.into_inner();
             let points = response
@@ -94,7 +95,10 @@ pub async fn run(mut clients: Clients, format: Format, command: PointsCommand) -
             output::print(format, &Deleted { deleted })
         }
         PointsCommand::Count { collection } => {
-            let request = v1::CountRequest { collection };
+            let request = v1::CountRequest {
+                collection,
+                consistency: v1::Consistency::Strong.into(),
+            };
             let count = clients.points.count(request).await?.into_inner().count;
             output::print(format, &Count { count })
         }

@@ -83,6 +83,7 @@ pub async fn run(mut clients: Clients, format: Format, args: SearchArgs) -> Resu
             k: args.k,
             params: Some(args.params.to_wire()),
             with_vectors: args.with_vectors,
+            consistency: v1::Consistency::Strong.into(),
         };
         let response = clients.points.search(request).await?.into_inner();
         ensure!(

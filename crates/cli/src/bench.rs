@@ -29,6 +29,7 @@ use crate::client::Clients;
 use crate::commands::collection::{create_request, describe, parse_param};
 use crate::commands::points::upsert_matrix;
 use crate::commands::search::SearchParamsArgs;
+use crate::consistency::{Consistency, ConsistencyArg};
 use crate::io::{read_npy, Matrix};
 use crate::output::{self, table, Format, Report};
 
@@ -85,6 +86,11 @@ pub struct BenchArgs {
     /// Points per upsert request.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
+    /// Replicas of the created collection [default: 1].
+    #[arg(long, requires = "create", value_parser = clap::value_parser!(u32).range(1..))]
+    replicas: Option<u32>,
+    #[command(flatten)]
+    read: ConsistencyArg,
     /// How long to wait for index_state "ready" after loading.
     #[arg(long, default_value_t = 1800)]
     wait_ready_secs: u64,
@@ -104,6 +110,7 @@ pub async fn run(mut clients: Clients, format: Format, args: BenchArgs) -> Resul
             metric,
             index,
             &args.index_params,
+            args.replicas,
         );
         match clients.collections.create_collection(request).await {
             Ok(_) => {}
@@ -136,7 +143,7 @@ pub async fn run(mut clients: Clients, format: Format, args: BenchArgs) -> Resul
 
     let wait = Duration::from_secs(args.wait_ready_secs);
     let (info, index_wait_seconds) =
-        wait_ready(&mut clients, format, &args.collection, wait).await?;
+        wait_ready(&mut clients, format, &args.collection, args.read, wait).await?;
     ensure!(
         info.dimension as usize == dim,
         "collection {:?} has dimension {}, but {} has {dim}",
@@ -184,6 +191,7 @@ pub async fn run(mut clients: Clients, format: Format, args: BenchArgs) -> Resul
             collection: args.collection.clone(),
             k: args.k,
             params: args.params.to_wire(),
+            consistency: args.read.to_wire(),
             concurrency,
             load,
         };
@@ -202,6 +210,7 @@ pub async fn run(mut clients: Clients, format: Format, args: BenchArgs) -> Resul
             ef: args.params.ef,
             nprobe: args.params.nprobe,
         },
+        consistency: args.read.consistency,
     };
     output::print(format, &report)
 }
@@ -211,12 +220,13 @@ async fn wait_ready(
     clients: &mut Clients,
     format: Format,
     collection: &str,
+    read: ConsistencyArg,
     timeout: Duration,
 ) -> Result<(v1::CollectionInfo, f64)> {
     let _spinner = output::spinner(format, "waiting for the index to be ready");
     let start = Instant::now();
     loop {
-        let info = describe(clients, collection).await?;
+        let info = describe(clients, collection, read).await?;
         if info.index_state == "ready" {
             return Ok((info, start.elapsed().as_secs_f64()));
         }
@@ -315,6 +325,7 @@ struct Level {
     collection: String,
     k: u32,
     params: v1::SearchParams,
+    consistency: i32,
     concurrency: u32,
     load: Load,
 }
@@ -407,7 +418,7 @@ impl Worker {
                 k: self.level.k,
                 params: Some(self.level.params),
                 with_vectors: false,
-                consistency: v1::Consistency::Strong.into(),
+                consistency: self.level.consistency,
             };
             let sent = Instant::now();
             let response = self.client.search(request).await?.into_inner();
@@ -436,6 +447,7 @@ struct BenchReport {
     index_wait_seconds: f64,
     runs: Vec<RunReport>,
     params: Params,
+    consistency: Consistency,
 }
 
 #[derive(Serialize)]
@@ -506,7 +518,7 @@ impl Report for BenchReport {
             "MEAN MS",
         ];
         format!(
-            "collection: {}  n: {}  dim: {}  k: {}  ef: {}  nprobe: {}\n\
+            "collection: {}  n: {}  dim: {}  k: {}  ef: {}  nprobe: {}  consistency: {}\n\
              ingest:     {ingest}\n\
              index wait: {:.2} s\n\n{}",
             self.collection,
@@ -515,6 +527,7 @@ impl Report for BenchReport {
             self.k,
             param(self.params.ef),
             param(self.params.nprobe),
+            self.consistency.as_str(),
             self.index_wait_seconds,
             table(&headers, &rows)
         )
@@ -523,7 +536,38 @@ impl Report for BenchReport {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+        let argv = [
+            "shoalctl",
+            "bench",
+            "--collection",
+            "c",
+            "--data",
+            "base.npy",
+        ]
+        .into_iter();
+        match crate::Cli::try_parse_from(argv.chain(args.iter().copied()))?.command {
+            crate::Command::Bench(args) => Ok(args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bench_takes_a_consistency_level_and_replicas_for_create() {
+        let args = parse(&["--consistency", "eventual"]).unwrap();
+        assert_eq!(args.read.consistency, Consistency::Eventual);
+        assert_eq!(parse(&[]).unwrap().read.consistency, Consistency::Strong);
+        let create = ["--create", "--metric", "l2", "--replicas", "3"];
+        assert_eq!(parse(&create).unwrap().replicas, Some(3));
+        assert!(
+            parse(&["--replicas", "3"]).is_err(),
+            "--replicas needs --create"
+        );
+    }
 
     fn matrix(dim: usize, data: &[f32]) -> Matrix {
         Matrix {

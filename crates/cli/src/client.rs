@@ -1,8 +1,9 @@
-//! The gRPC connection to a node, shared by both service clients.
+//! The gRPC connection to a node, shared by the clients of every public service.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use shoal_proto::v1::cluster_service_client::ClusterServiceClient;
 use shoal_proto::v1::collection_service_client::CollectionServiceClient;
 use shoal_proto::v1::point_service_client::PointServiceClient;
 use shoal_types::Limits;
@@ -12,6 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 pub struct Clients {
     pub collections: CollectionServiceClient<Channel>,
     pub points: PointServiceClient<Channel>,
+    pub cluster: ClusterServiceClient<Channel>,
 }
 
 /// Clients for the node at `addr` (`HOST:PORT`, or a full `http://` URI). The connection is
@@ -32,9 +34,10 @@ pub fn connect(addr: &str) -> Result<Clients> {
         collections: CollectionServiceClient::new(channel.clone())
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
-        points: PointServiceClient::new(channel)
+        points: PointServiceClient::new(channel.clone())
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
+        cluster: ClusterServiceClient::new(channel).max_decoding_message_size(max),
     })
 }
 

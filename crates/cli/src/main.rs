@@ -1,5 +1,6 @@
-//! `shoalctl`, Shoal's admin CLI: manage collections, write, read and search points, and
-//! benchmark a node, all over the public gRPC API (`shoal-proto`).
+//! `shoalctl`, Shoal's admin CLI: manage collections, write, read and search points, show and
+//! change the cluster's nodes, and benchmark a node, all over the public gRPC API
+//! (`shoal-proto`).
 //!
 //! It is a client only. It must not depend on the server-side crates (storage, index, shard,
 //! server) or on RocksDB or FAISS.
@@ -14,6 +15,7 @@
 mod bench;
 mod client;
 mod commands;
+mod consistency;
 mod id;
 mod io;
 mod output;
@@ -24,6 +26,7 @@ use clap::{Parser, Subcommand};
 use tonic::Status;
 
 use crate::bench::BenchArgs;
+use crate::commands::cluster::{ClusterCommand, NodeCommand};
 use crate::commands::collection::CollectionCommand;
 use crate::commands::points::PointsCommand;
 use crate::commands::search::SearchArgs;
@@ -61,6 +64,12 @@ enum Command {
     Points(PointsCommand),
     /// Search a collection for the nearest neighbours of one or more vectors.
     Search(SearchArgs),
+    /// Show the cluster's nodes and Raft groups.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// List and remove the cluster's nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Load a data set, then measure search throughput, latency and recall.
     Bench(BenchArgs),
 }
@@ -85,6 +94,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Points(command) => commands::points::run(clients, cli.output, command).await,
         Command::Search(args) => commands::search::run(clients, cli.output, args).await,
+        Command::Cluster(command) => commands::cluster::run(clients, cli.output, command).await,
+        Command::Node(command) => commands::cluster::run_node(clients, cli.output, command).await,
         Command::Bench(args) => bench::run(clients, cli.output, args).await,
     };
     result.map_err(|err| {
@@ -109,7 +120,14 @@ fn error_text(err: &anyhow::Error) -> String {
     let mut parts = Vec::new();
     for cause in err.chain() {
         let part = match cause.downcast_ref::<Status>() {
-            Some(status) => format!("{} ({:?})", status.message(), status.code()),
+            Some(status) => {
+                // Statuses made by tonic itself, such as an unknown service's, have no message.
+                let message = match status.message() {
+                    "" => status.code().description(),
+                    message => message,
+                };
+                format!("{message} ({:?})", status.code())
+            }
             None => cause.to_string(),
         };
         // Transport errors often repeat their cause's text.
@@ -149,6 +167,11 @@ mod tests {
         assert_eq!(
             error_text(&err),
             "upsert batch 3: shutting down (Unavailable)"
+        );
+        let err = anyhow::Error::from(Status::unimplemented(""));
+        assert_eq!(
+            error_text(&err),
+            "Operation is not implemented or not supported (Unimplemented)"
         );
     }
 }

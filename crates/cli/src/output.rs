@@ -17,17 +17,31 @@
 //! | `points count`        | `{"count": N}` |
 //! | `search`              | `[[{"id": ID, "score": S, "vector": [..]}, ..], ..]`: one list per query, best first (`vector` only with `--with-vectors`) |
 //! | `bench`               | see below |
+//! | `cluster status`      | see below |
+//! | `node list`           | `[{"id", "address", "meta_role": "voter"\|"learner"}, ...]` |
+//! | `node remove`         | `{"removed": ID, "collections": [NAME, ..]}`: the collections that lost a replica on the node |
 //!
 //! `COLLECTION` is `{"name", "dimension", "metric": "l2"|"ip"|"cosine", "index",
 //! "index_params": {KEY: VALUE}, "points", "segments": [{"id", "state":
 //! "growing"|"sealing"|"sealed", "points", "deleted", "bytes", "index", "origin"}],
-//! "index_state": "ready"|"indexing", "disk_bytes", "memory_bytes"}`, where `points` counts
-//! live points.
+//! "index_state": "ready"|"indexing", "disk_bytes", "memory_bytes", "replication_factor",
+//! "replicas": [NODE_ID, ..], "group"}`, where `points` counts live points,
+//! `replication_factor` is the number of replicas asked for at creation and `replicas` the
+//! nodes that hold one now.
 //!
 //! `bench` prints `{"collection", "n", "dim", "k", "ingest": {"points", "seconds",
 //! "points_per_sec"} | null (with --skip-load), "index_wait_seconds", "runs": [{"concurrency",
 //! "queries", "qps", "recall_at_k", "latency_ms": {"p50", "p95", "p99", "mean"}}],
-//! "params": {"ef", "nprobe"}}`, where `queries` is the number of requests sent in that run.
+//! "params": {"ef", "nprobe"}, "consistency": "strong"|"eventual"}`, where `queries` is the
+//! number of requests sent in that run.
+//!
+//! `cluster status` prints `{"node_id", "nodes": [{"id", "address", "meta_role", "reachable"}],
+//! "groups": [{"group", "collection", "leader", "term", "replicas": [{"node_id", "state",
+//! "term", "last_log_index", "committed_index", "applied_index", "lag"}]}]}`: `node_id` is the
+//! node that answered; the meta group (group 0, `"collection": null`) comes first, then one
+//! group per collection; `leader` is `null` when no leader is known; a replica's `state` is
+//! "leader", "follower", "candidate", "learner" or "unreachable", and `lag` the entries the
+//! leader has that the replica has not applied.
 
 use std::borrow::Cow;
 use std::io::{IsTerminal, Write};

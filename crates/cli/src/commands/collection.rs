@@ -11,6 +11,7 @@ use shoal_proto::{metric_from_wire, metric_to_wire};
 use shoal_types::Metric;
 
 use crate::client::Clients;
+use crate::consistency::ConsistencyArg;
 use crate::output::{self, table, Format, Report};
 
 #[derive(Debug, Subcommand)]
@@ -19,8 +20,12 @@ pub enum CollectionCommand {
     Create(CreateArgs),
     /// List collections.
     List,
-    /// Show a collection's points, segments, index state and sizes.
-    Describe { name: String },
+    /// Show a collection's replicas, points, segments, index state and sizes.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        read: ConsistencyArg,
+    },
     /// Drop a collection with all its points and index files.
     Drop { name: String },
 }
@@ -40,6 +45,23 @@ pub struct CreateArgs {
     /// Index parameter (efConstruction, efSearch, nprobe); repeatable.
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
     params: Vec<(String, String)>,
+    /// Replicas of the collection, each on its own node [default: 1]. Above the number of
+    /// nodes, the collection gains the missing replicas as nodes join.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    replicas: Option<u32>,
+}
+
+impl CreateArgs {
+    fn request(&self) -> v1::CreateCollectionRequest {
+        create_request(
+            &self.name,
+            self.dim,
+            self.metric,
+            &self.index,
+            &self.params,
+            self.replicas,
+        )
+    }
 }
 
 /// Parses a `--param KEY=VALUE` argument; the server validates the key and value.
@@ -58,6 +80,7 @@ pub fn create_request(
     metric: Metric,
     index: &str,
     params: &[(String, String)],
+    replicas: Option<u32>,
 ) -> v1::CreateCollectionRequest {
     v1::CreateCollectionRequest {
         name: name.to_owned(),
@@ -65,7 +88,8 @@ pub fn create_request(
         metric: metric_to_wire(metric).into(),
         index: index.to_owned(),
         index_params: params.iter().cloned().collect(),
-        replicas: 0,
+        // The server reads 0 as 1.
+        replicas: replicas.unwrap_or(0),
     }
 }
 
@@ -73,9 +97,7 @@ pub async fn run(mut clients: Clients, format: Format, command: CollectionComman
     let collections = &mut clients.collections;
     match command {
         CollectionCommand::Create(args) => {
-            let request =
-                create_request(&args.name, args.dim, args.metric, &args.index, &args.params);
-            collections.create_collection(request).await?;
+            collections.create_collection(args.request()).await?;
             output::print(format, &Created { created: args.name })
         }
         CollectionCommand::List => {
@@ -86,8 +108,8 @@ pub async fn run(mut clients: Clients, format: Format, command: CollectionComman
             let list = response.collections.into_iter().map(Into::into).collect();
             output::print(format, &CollectionList(list))
         }
-        CollectionCommand::Describe { name } => {
-            let info = describe(&mut clients, &name).await?;
+        CollectionCommand::Describe { name, read } => {
+            let info = describe(&mut clients, &name, read).await?;
             output::print(format, &CollectionReport::from(info))
         }
         CollectionCommand::Drop { name } => {
@@ -98,10 +120,14 @@ pub async fn run(mut clients: Clients, format: Format, command: CollectionComman
     }
 }
 
-pub async fn describe(clients: &mut Clients, name: &str) -> Result<v1::CollectionInfo> {
+pub async fn describe(
+    clients: &mut Clients,
+    name: &str,
+    read: ConsistencyArg,
+) -> Result<v1::CollectionInfo> {
     let request = v1::DescribeCollectionRequest {
         name: name.to_owned(),
-        consistency: v1::Consistency::Strong.into(),
+        consistency: read.to_wire(),
     };
     Ok(clients
         .collections
@@ -144,6 +170,9 @@ struct CollectionReport {
     index_state: String,
     disk_bytes: u64,
     memory_bytes: u64,
+    replication_factor: u32,
+    replicas: Vec<u64>,
+    group: u64,
 }
 
 #[derive(Serialize)]
@@ -188,6 +217,9 @@ impl From<v1::CollectionInfo> for CollectionReport {
             index_state: info.index_state,
             disk_bytes: info.disk_bytes,
             memory_bytes: info.memory_bytes,
+            replication_factor: info.replication_factor,
+            replicas: info.replicas,
+            group: info.group,
         }
     }
 }
@@ -200,12 +232,19 @@ impl Report for CollectionReport {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(" ");
+        let replicas = if self.replicas.is_empty() {
+            "none".to_owned()
+        } else {
+            node_list(&self.replicas, ", ")
+        };
         let mut text = format!(
             "name:          {}\n\
              dimension:     {}\n\
              metric:        {}\n\
              index:         {}\n\
              index params:  {params}\n\
+             replicas:      {replicas} (replication factor {})\n\
+             group:         {}\n\
              points:        {}\n\
              index state:   {}\n\
              disk bytes:    {} ({})\n\
@@ -215,6 +254,8 @@ impl Report for CollectionReport {
             self.dimension,
             self.metric,
             self.index,
+            self.replication_factor,
+            self.group,
             self.points,
             self.index_state,
             self.disk_bytes,
@@ -269,18 +310,37 @@ impl Report for CollectionList {
                     c.index.clone(),
                     c.points.to_string(),
                     c.index_state.clone(),
+                    c.group.to_string(),
+                    c.replication_factor.to_string(),
+                    node_list(&c.replicas, ","),
                 ]
             })
             .collect();
-        table(
-            &["NAME", "DIM", "METRIC", "INDEX", "POINTS", "INDEX STATE"],
-            &rows,
-        )
+        let headers = [
+            "NAME",
+            "DIM",
+            "METRIC",
+            "INDEX",
+            "POINTS",
+            "INDEX STATE",
+            "GROUP",
+            "REPLICATION",
+            "REPLICAS",
+        ];
+        table(&headers, &rows)
     }
+}
+
+/// Node ids joined by `separator`.
+fn node_list(nodes: &[u64], separator: &str) -> String {
+    let ids: Vec<String> = nodes.iter().map(u64::to_string).collect();
+    ids.join(separator)
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
     #[test]
@@ -314,7 +374,9 @@ mod tests {
             index_state: "ready".into(),
             disk_bytes: 100,
             memory_bytes: 200,
-            ..Default::default()
+            replication_factor: 3,
+            replicas: vec![1, 2, 3],
+            group: 7,
         };
         let json = serde_json::to_value(CollectionReport::from(info)).unwrap();
         assert_eq!(
@@ -325,7 +387,65 @@ mod tests {
                 "segments": [{"id": 1, "state": "sealed", "points": 3, "deleted": 1,
                               "bytes": 48, "index": "HNSW32,Flat", "origin": "built"}],
                 "index_state": "ready", "disk_bytes": 100, "memory_bytes": 200,
+                "replication_factor": 3, "replicas": [1, 2, 3], "group": 7,
             })
         );
+    }
+
+    fn parse(args: &[&str]) -> Result<CollectionCommand, clap::Error> {
+        let argv = ["shoalctl", "collection"]
+            .into_iter()
+            .chain(args.iter().copied());
+        match crate::Cli::try_parse_from(argv)?.command {
+            crate::Command::Collection(command) => Ok(command),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    fn create(args: &[&str]) -> Result<v1::CreateCollectionRequest, clap::Error> {
+        let argv = ["create", "c", "--dim", "4", "--metric", "l2"];
+        match parse(&[&argv[..], args].concat())? {
+            CollectionCommand::Create(create) => Ok(create.request()),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replicas_are_sent_when_given_and_zero_otherwise() {
+        assert_eq!(create(&["--replicas", "3"]).unwrap().replicas, 3);
+        assert_eq!(create(&[]).unwrap().replicas, 0);
+        assert!(create(&["--replicas", "0"]).is_err());
+        assert!(create(&["--replicas", "-1"]).is_err());
+    }
+
+    #[test]
+    fn describe_takes_a_consistency_level() {
+        let CollectionCommand::Describe { name, read } =
+            parse(&["describe", "c", "--consistency", "eventual"]).unwrap()
+        else {
+            panic!("not describe");
+        };
+        assert_eq!(name, "c");
+        assert_eq!(read.to_wire(), i32::from(v1::Consistency::Eventual));
+    }
+
+    #[test]
+    fn describe_text_shows_replicas_and_group() {
+        let info = v1::CollectionInfo {
+            name: "c".into(),
+            replication_factor: 3,
+            replicas: vec![1, 2],
+            group: 7,
+            ..Default::default()
+        };
+        let text = CollectionReport::from(info.clone()).text();
+        assert!(
+            text.contains("replicas:      1, 2 (replication factor 3)\n"),
+            "{text}"
+        );
+        assert!(text.contains("group:         7\n"), "{text}");
+        let list = CollectionList(vec![info.into()]).text();
+        let row = list.lines().nth(1).unwrap();
+        assert!(row.ends_with("  7      3            1,2"), "{list}");
     }
 }

@@ -1,5 +1,6 @@
 //! The admin subcommands, one module per area of the API.
 
+pub mod cluster;
 pub mod collection;
 pub mod points;
 pub mod search;

@@ -10,6 +10,7 @@ use shoal_proto::v1;
 use shoal_types::Limits;
 
 use crate::client::{items_per_request, Clients};
+use crate::consistency::ConsistencyArg;
 use crate::id::Id;
 use crate::io::{read_jsonl, read_npy, Matrix};
 use crate::output::{self, vector_text, Format, Report};
@@ -26,6 +27,8 @@ pub enum PointsCommand {
         /// Also print the stored vectors.
         #[arg(long)]
         with_vectors: bool,
+        #[command(flatten)]
+        read: ConsistencyArg,
     },
     /// Delete points by id; ids that do not exist are ignored.
     Delete {
@@ -34,7 +37,11 @@ pub enum PointsCommand {
         ids: Vec<Id>,
     },
     /// Count live points.
-    Count { collection: String },
+    Count {
+        collection: String,
+        #[command(flatten)]
+        read: ConsistencyArg,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -61,12 +68,13 @@ pub async fn run(mut clients: Clients, format: Format, command: PointsCommand) -
             collection,
             ids,
             with_vectors,
+            read,
         } => {
             let request = v1::GetRequest {
                 collection,
                 ids: ids.into_iter().map(Into::into).collect(),
                 with_vectors,
-                consistency: v1::Consistency::Strong.into(),
+                consistency: read.to_wire(),
             };
             let response = clients.points.get(request).await?.into_inner();
             let points = response
@@ -94,10 +102,10 @@ pub async fn run(mut clients: Clients, format: Format, command: PointsCommand) -
             let deleted = clients.points.delete(request).await?.into_inner().deleted;
             output::print(format, &Deleted { deleted })
         }
-        PointsCommand::Count { collection } => {
+        PointsCommand::Count { collection, read } => {
             let request = v1::CountRequest {
                 collection,
-                consistency: v1::Consistency::Strong.into(),
+                consistency: read.to_wire(),
             };
             let count = clients.points.count(request).await?.into_inner().count;
             output::print(format, &Count { count })
@@ -257,5 +265,43 @@ struct Count {
 impl Report for Count {
     fn text(&self) -> String {
         self.count.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> PointsCommand {
+        let argv = ["shoalctl", "points"]
+            .into_iter()
+            .chain(args.iter().copied());
+        match crate::Cli::try_parse_from(argv).unwrap().command {
+            crate::Command::Points(command) => command,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn get_and_count_take_a_consistency_level() {
+        let eventual = i32::from(v1::Consistency::Eventual);
+        let PointsCommand::Get { ids, read, .. } =
+            parse(&["get", "c", "1", "a", "--consistency", "eventual"])
+        else {
+            panic!("not get");
+        };
+        assert_eq!(ids.len(), 2);
+        assert_eq!(read.to_wire(), eventual);
+        let PointsCommand::Count { read, .. } = parse(&["count", "c", "--consistency=eventual"])
+        else {
+            panic!("not count");
+        };
+        assert_eq!(read.to_wire(), eventual);
+        let PointsCommand::Count { read, .. } = parse(&["count", "c"]) else {
+            panic!("not count");
+        };
+        assert_eq!(read.to_wire(), i32::from(v1::Consistency::Strong));
     }
 }

@@ -9,6 +9,7 @@ use shoal_proto::v1;
 use shoal_types::Limits;
 
 use crate::client::{items_per_request, Clients};
+use crate::consistency::ConsistencyArg;
 use crate::id::Id;
 use crate::io::read_npy;
 use crate::output::{self, table, vector_text, Format, Report};
@@ -31,6 +32,8 @@ pub struct SearchArgs {
     /// Also print the vectors of the hits.
     #[arg(long)]
     with_vectors: bool,
+    #[command(flatten)]
+    read: ConsistencyArg,
 }
 
 fn parse_component(s: &str) -> Result<f32, String> {
@@ -83,7 +86,7 @@ pub async fn run(mut clients: Clients, format: Format, args: SearchArgs) -> Resu
             k: args.k,
             params: Some(args.params.to_wire()),
             with_vectors: args.with_vectors,
-            consistency: v1::Consistency::Strong.into(),
+            consistency: args.read.to_wire(),
         };
         let response = clients.points.search(request).await?.into_inner();
         ensure!(
@@ -161,9 +164,29 @@ impl Report for SearchReport {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
     use shoal_types::PointId;
 
     use super::*;
+
+    fn parse(args: &[&str]) -> Result<SearchArgs, clap::Error> {
+        let argv = ["shoalctl", "search", "c", "--vector=1,-2"].into_iter();
+        match crate::Cli::try_parse_from(argv.chain(args.iter().copied()))?.command {
+            crate::Command::Search(args) => Ok(args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn search_takes_a_consistency_level() {
+        let strong = i32::from(v1::Consistency::Strong);
+        let eventual = i32::from(v1::Consistency::Eventual);
+        assert_eq!(parse(&[]).unwrap().read.to_wire(), strong);
+        let args = parse(&["--consistency", "eventual", "--k", "3"]).unwrap();
+        assert_eq!(args.read.to_wire(), eventual);
+        assert_eq!(args.vector, Some(vec![1.0, -2.0]));
+        assert!(parse(&["--consistency"]).is_err());
+    }
 
     #[test]
     fn search_json_is_a_list_per_query() {

@@ -305,10 +305,11 @@ async fn sigterm_shuts_down_cleanly_and_keeps_data() {
     assert_eq!(found.len(), 100);
 }
 
-/// The node's Raft group is initialized once, on an empty data directory: a clean restart and
-/// a kill -9 restart both resume it (same log, growing sequence) and writes keep committing.
+/// The cluster is bootstrapped and the collection's group initialized once, on an empty data
+/// directory: a clean restart and a kill -9 restart both resume them (same log, growing
+/// sequence) and writes keep committing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarts_resume_the_raft_group_without_initializing_it_again() {
+async fn restarts_resume_the_raft_groups_without_initializing_them_again() {
     let mut node = Node::start();
     node.create_collection("d", 16, "l2", "Flat", &[]);
     let mut last_sequence = 0;
@@ -350,10 +351,14 @@ async fn restarts_resume_the_raft_group_without_initializing_it_again() {
     }
     let log = node.log();
     assert_eq!(
-        log.matches("raft group initialized with this node as its only voter")
-            .count(),
+        log.matches("cluster bootstrapped").count(),
         1,
-        "the group must be initialized once, on the first start:\n{log}"
+        "the cluster must be bootstrapped once, on the first start:\n{log}"
+    );
+    assert_eq!(
+        log.matches("raft group initialized").count(),
+        2,
+        "the meta group and the collection's group are each initialized once:\n{log}"
     );
     assert_eq!(log.matches("shoal node ready").count(), 3, "{log}");
 }

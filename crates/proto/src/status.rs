@@ -7,7 +7,8 @@ pub fn status_from_error(err: Error) -> Status {
         ErrorCode::InvalidArgument => Code::InvalidArgument,
         ErrorCode::NotFound => Code::NotFound,
         ErrorCode::AlreadyExists => Code::AlreadyExists,
-        ErrorCode::Unavailable => Code::Unavailable,
+        ErrorCode::Unavailable | ErrorCode::NotLeader => Code::Unavailable,
+        ErrorCode::FailedPrecondition => Code::FailedPrecondition,
         ErrorCode::Internal => Code::Internal,
     };
     Status::new(code, err.message)

@@ -59,7 +59,7 @@ impl TestNode {
     async fn start(id: NodeId) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let shard = open_shard(dir.path());
-        let node = RaftNode::new(id, config()).unwrap();
+        let node = RaftNode::new(id, config(), tokio::runtime::Handle::current(), None).unwrap();
         let raft = node
             .start_group(GROUP, shard.clone(), &dir.path().join("raft-snapshots"))
             .await
@@ -120,10 +120,10 @@ fn random_points(rng: &mut ChaCha8Rng, ids: std::ops::Range<u64>) -> Vec<Point> 
 /// Writes `commands` as one entry through `leader` and returns the entry's log index.
 async fn write(leader: &Raft, commands: Vec<Command>) -> u64 {
     let written = leader
-        .client_write(Request { commands })
+        .client_write(Request::Shard(commands))
         .await
         .expect("the write commits");
-    for result in &written.data.results {
+    for result in written.data.results() {
         result.as_ref().expect("the command applies");
     }
     written.log_id.index
@@ -243,7 +243,7 @@ async fn three_nodes_replicate_over_grpc_and_elect_a_new_leader_when_the_leader_
 }
 
 async fn vote_to(addr: &str, group: GroupId) -> RPCError<NodeId, BasicNode, RaftError<NodeId>> {
-    let peers = Peers::new(Duration::from_millis(500));
+    let peers = Peers::new(Duration::from_millis(500), None);
     let mut client = peers
         .factory(1, group)
         .new_client(2, &BasicNode::new(addr))

@@ -4,6 +4,7 @@
 //! [`RaftServer`](crate::server::RaftServer).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +12,12 @@ use std::time::Duration;
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use shoal_shard::Shard;
+use shoal_storage::Store;
 use shoal_types::{Error, ErrorCode, Result};
+use tokio::runtime::Handle;
+use tokio::sync::watch;
 
+use crate::meta::{ClusterState, MetaStateMachine, META_GROUP};
 use crate::network::Peers;
 use crate::server::Groups;
 use crate::{GroupId, LogStore, NodeId, Raft, StateMachine};
@@ -113,19 +118,30 @@ pub struct RaftNode {
     config: RaftConfig,
     peers: Peers,
     groups: Groups,
+    /// The runtime every group's Raft tasks (elections, heartbeats, replication) run on, apart
+    /// from the runtime that serves clients.
+    runtime: Handle,
     /// Held while a group starts, so one group never gets two Rafts over the same log.
     starting: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl RaftNode {
-    pub fn new(id: NodeId, config: RaftConfig) -> Result<Self> {
+    /// A node whose groups run on `runtime` and connect to peers from `source_ip` (the OS
+    /// chooses when `None`).
+    pub fn new(
+        id: NodeId,
+        config: RaftConfig,
+        runtime: Handle,
+        source_ip: Option<IpAddr>,
+    ) -> Result<Self> {
         config.validate()?;
-        let peers = Peers::new(Duration::from_millis(config.connect_timeout_ms));
+        let peers = Peers::new(Duration::from_millis(config.connect_timeout_ms), source_ip);
         Ok(Self {
             id,
             config,
             peers,
-            groups: Groups::default(),
+            groups: Groups::new(runtime.clone()),
+            runtime,
             starting: Arc::default(),
         })
     }
@@ -148,14 +164,6 @@ impl RaftNode {
         shard: Arc<Shard>,
         snapshot_dir: &Path,
     ) -> Result<Raft> {
-        let _starting = self.starting.lock().await;
-        if self.groups.get(group).is_some() {
-            return Err(Error::new(
-                ErrorCode::AlreadyExists,
-                format!("raft group {group} is already running"),
-            ));
-        }
-        let config = self.config.openraft(group)?;
         let log = LogStore::new(shard.store().clone(), group)
             .counting_syncs(shard.metrics().wal_syncs.clone());
         let snapshot_dir = snapshot_dir.to_owned();
@@ -164,9 +172,50 @@ impl RaftNode {
                 .await
                 .map_err(|e| Error::internal(format!("opening raft group {group}: {e}")))?
                 .map_err(|e| Error::internal(format!("opening raft group {group}: {e}")))?;
+        self.start(group, log, state_machine).await
+    }
+
+    /// Starts the meta group, its log and state in a database of its own at `dir`, and
+    /// returns it with a channel that carries every change of the cluster's layout.
+    pub async fn start_meta(
+        &self,
+        dir: &Path,
+    ) -> Result<(Raft, watch::Receiver<Arc<ClusterState>>)> {
+        let dir = dir.to_owned();
+        let (store, state_machine, layout) = tokio::task::spawn_blocking(move || {
+            let store = Arc::new(Store::open(&dir)?);
+            let (state_machine, layout) = MetaStateMachine::open(store.clone())
+                .map_err(|e| Error::internal(e.to_string()))?;
+            Ok::<_, Error>((store, state_machine, layout))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("opening the meta group: {e}")))?
+        .map_err(|e| Error::internal(format!("opening the meta group: {e}")))?;
+        let log = LogStore::new(store, META_GROUP);
+        let raft = self.start(META_GROUP, log, state_machine).await?;
+        Ok((raft, layout))
+    }
+
+    async fn start<SM>(&self, group: GroupId, log: LogStore, state_machine: SM) -> Result<Raft>
+    where
+        SM: openraft::storage::RaftStateMachine<crate::TypeConfig>,
+    {
+        let _starting = self.starting.lock().await;
+        if self.groups.get(group).is_some() {
+            return Err(Error::new(
+                ErrorCode::AlreadyExists,
+                format!("raft group {group} is already running"),
+            ));
+        }
+        let config = self.config.openraft(group)?;
         let network = self.peers.factory(self.id, group);
-        let raft = Raft::new(self.id, config, network, log, state_machine)
+        let id = self.id;
+        // openraft spawns the group's tasks on the runtime it is created on.
+        let raft = self
+            .runtime
+            .spawn(async move { Raft::new(id, config, network, log, state_machine).await })
             .await
+            .map_err(|e| Error::internal(format!("starting raft group {group}: {e}")))?
             .map_err(|e| Error::internal(format!("starting raft group {group}: {e}")))?;
         self.groups.insert(group, raft.clone());
         tracing::info!(node = self.id, group, "raft group started");

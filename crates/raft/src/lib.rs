@@ -36,8 +36,10 @@ use shoal_types::{Command, Result};
 
 #[cfg(test)]
 mod cluster_test;
+pub mod control;
 pub mod group;
 pub mod log_store;
+pub mod meta;
 pub mod network;
 pub mod proposer;
 pub mod server;
@@ -47,6 +49,7 @@ mod test;
 
 pub use group::{RaftConfig, RaftNode};
 pub use log_store::LogStore;
+pub use meta::{ClusterState, MetaCommand, MetaOutcome, MetaStateMachine, Placement, META_GROUP};
 pub use openraft::BasicNode;
 pub use proposer::Proposer;
 pub use server::{Groups, RaftServer};
@@ -56,18 +59,34 @@ pub use state_machine::{SnapshotBuilder, StateMachine};
 pub type GroupId = u64;
 pub type NodeId = u64;
 
-/// What a log entry carries: commands applied in order, each with its own sequence number.
-/// Batching lets one entry (one append, one fsync) carry many writes under load.
+/// What a log entry carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Request {
-    pub commands: Vec<Command>,
+pub enum Request {
+    /// A shard group's entry: commands applied in order, each with its own sequence number.
+    /// Batching lets one entry (one append, one fsync) carry many writes under load.
+    Shard(Vec<Command>),
+    /// A meta group's entry: one change to the cluster's layout.
+    Meta(MetaCommand),
 }
 
-/// One result per command of the entry's [`Request`], in the same order. A rejected
-/// command's error is a result, not a failure of the state machine.
+/// What applying an entry's [`Request`] gave. A rejected command's error is a result, not a
+/// failure of the state machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Response {
-    pub results: Vec<Result<Outcome>>,
+pub enum Response {
+    /// One result per command of a shard entry, in the same order (none for a blank or
+    /// membership entry).
+    Shard(Vec<Result<Outcome>>),
+    Meta(Result<MetaOutcome>),
+}
+
+impl Response {
+    /// A shard entry's results; none for a meta entry.
+    pub fn results(&self) -> &[Result<Outcome>] {
+        match self {
+            Self::Shard(results) => results,
+            Self::Meta(_) => &[],
+        }
+    }
 }
 
 openraft::declare_raft_types!(

@@ -14,6 +14,7 @@
 //! [`RemoteError`].
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,15 +50,18 @@ pub struct Peers {
 
 struct PeersInner {
     connect_timeout: Duration,
+    /// Local address connections are made from; the OS chooses when `None`.
+    source_ip: Option<IpAddr>,
     /// The channel to each peer and the address it was made for.
     channels: Mutex<HashMap<NodeId, (String, Channel)>>,
 }
 
 impl Peers {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, source_ip: Option<IpAddr>) -> Self {
         Self {
             inner: Arc::new(PeersInner {
                 connect_timeout,
+                source_ip,
                 channels: Mutex::new(HashMap::new()),
             }),
         }
@@ -75,6 +79,7 @@ impl Peers {
         }
         let channel = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(self.inner.connect_timeout)
+            .local_address(self.inner.source_ip)
             .tcp_nodelay(true)
             .connect_lazy();
         channels.insert(target, (addr.to_owned(), channel.clone()));

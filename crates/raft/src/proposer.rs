@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use openraft::error::{ClientWriteError, Fatal, RaftError};
+use openraft::error::{Fatal, RaftError};
 use shoal_shard::{Outcome, Shard};
 use shoal_types::{Command, Error, ErrorCode, Result};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{GroupId, NodeId, Raft, Request};
+use crate::{GroupId, NodeId, Raft, Request, Response};
 
 /// Most commands in one log entry.
 const MAX_BATCH: usize = 256;
@@ -65,51 +65,25 @@ async fn propose(raft: Raft, group: GroupId, shard: Arc<Shard>, mut rx: mpsc::Re
         let (commands, replies): (Vec<Command>, Vec<_>) = batch.drain(..).unzip();
         let count = commands.len();
         shard.metrics().group_commit_size.observe(count as f64);
-        let results = match raft.client_write(Request { commands }).await {
-            Ok(written) if written.data.results.len() == count => written.data.results,
-            Ok(written) => {
-                let error = Error::internal(format!(
-                    "raft group {group} returned {} results for {count} commands",
-                    written.data.results.len()
-                ));
-                vec![Err(error); count]
+        let results = match raft.client_write(Request::Shard(commands)).await {
+            Ok(written) => match written.data {
+                Response::Shard(results) if results.len() == count => results,
+                other => {
+                    let error = Error::internal(format!(
+                        "raft group {group} answered {count} commands with {other:?}"
+                    ));
+                    vec![Err(error); count]
+                }
+            },
+            Err(RaftError::Fatal(fatal)) if !matches!(fatal, Fatal::Stopped) => {
+                fail_stop(group, &fatal)
             }
-            Err(e) => vec![Err(write_error(group, e)); count],
+            Err(e) => vec![Err(crate::control::write_error(group, e)); count],
         };
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
         }
     }
-}
-
-fn write_error(
-    group: GroupId,
-    error: RaftError<NodeId, ClientWriteError<NodeId, crate::BasicNode>>,
-) -> Error {
-    match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-            let leader = forward.leader_id.map_or_else(
-                || "no leader is known".to_owned(),
-                |id| format!("node {id} leads it"),
-            );
-            Error::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "this node does not lead raft group {group} ({leader}); forwarding writes \
-                     to the leader is not implemented yet, retry against the leader"
-                ),
-            )
-        }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            Error::internal(format!("raft group {group}: {e}"))
-        }
-        RaftError::Fatal(Fatal::Stopped) => shutting_down(),
-        RaftError::Fatal(fatal) => fail_stop(group, &fatal),
-    }
-}
-
-fn shutting_down() -> Error {
-    Error::new(ErrorCode::Unavailable, "the node is shutting down")
 }
 
 /// openraft stops a group on any log store or state machine error (the state machine reports
@@ -120,4 +94,8 @@ fn fail_stop(group: GroupId, fatal: &Fatal<NodeId>) -> ! {
     tracing::error!(group, error = %fatal, "raft group failed; stopping the node");
     eprintln!("fatal: raft group {group} failed: {fatal}");
     std::process::abort()
+}
+
+fn shutting_down() -> Error {
+    Error::new(ErrorCode::Unavailable, "the node is shutting down")
 }

@@ -9,18 +9,28 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shoal_proto::internal::v1 as pb;
 use shoal_proto::internal::v1::raft_service_server::{RaftService, RaftServiceServer};
+use tokio::runtime::Handle;
 use tonic::{Request, Response, Status};
 
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::{GroupId, Raft};
 
 /// The Raft groups running on a node, by group id. Clones share the registry.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Groups {
     running: Arc<RwLock<HashMap<GroupId, Raft>>>,
+    /// The runtime the groups run on; peers' requests are handled there too.
+    runtime: Handle,
 }
 
 impl Groups {
+    pub(crate) fn new(runtime: Handle) -> Self {
+        Self {
+            running: Arc::default(),
+            runtime,
+        }
+    }
+
     pub fn get(&self, group: GroupId) -> Option<Raft> {
         self.running.read().get(&group).cloned()
     }
@@ -51,6 +61,19 @@ impl RaftServer {
         RaftServiceServer::new(RaftServer { groups })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Handles a peer's request on the Raft runtime, so a busy client runtime delays no
+    /// heartbeat.
+    async fn on_raft_runtime<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
+    ) -> Result<T, Status> {
+        self.groups
+            .runtime
+            .spawn(work)
+            .await
+            .map_err(|e| Status::internal(format!("raft request task failed: {e}")))?
     }
 
     fn group(&self, group: GroupId) -> Result<Raft, Status> {
@@ -88,7 +111,9 @@ impl RaftService for RaftServer {
     ) -> Result<Response<pb::RaftReply>, Status> {
         let request = request.into_inner();
         let raft = self.group(request.group)?;
-        reply(raft.append_entries(decode(&request.payload)?).await)
+        let message = decode(&request.payload)?;
+        self.on_raft_runtime(async move { reply(raft.append_entries(message).await) })
+            .await
     }
 
     async fn vote(
@@ -97,7 +122,9 @@ impl RaftService for RaftServer {
     ) -> Result<Response<pb::RaftReply>, Status> {
         let request = request.into_inner();
         let raft = self.group(request.group)?;
-        reply(raft.vote(decode(&request.payload)?).await)
+        let message = decode(&request.payload)?;
+        self.on_raft_runtime(async move { reply(raft.vote(message).await) })
+            .await
     }
 
     async fn install_snapshot(
@@ -106,6 +133,8 @@ impl RaftService for RaftServer {
     ) -> Result<Response<pb::RaftReply>, Status> {
         let request = request.into_inner();
         let raft = self.group(request.group)?;
-        reply(raft.install_snapshot(decode(&request.payload)?).await)
+        let message = decode(&request.payload)?;
+        self.on_raft_runtime(async move { reply(raft.install_snapshot(message).await) })
+            .await
     }
 }

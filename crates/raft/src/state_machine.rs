@@ -144,8 +144,12 @@ impl Inner {
             let mut results = Vec::new();
             match entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(request) => {
-                    for command in request.commands {
+                EntryPayload::Normal(crate::Request::Meta(_)) => {
+                    let e = Error::internal("a meta entry in a shard group's log");
+                    return Err(StorageIOError::apply(entry.log_id, AnyError::new(&e)).into());
+                }
+                EntryPayload::Normal(crate::Request::Shard(commands)) => {
+                    for command in commands {
                         next.sequence += 1;
                         let sequence = next.sequence;
                         if sequence <= recorded {
@@ -172,7 +176,7 @@ impl Inner {
                 }
             }
             next.last_log_id = Some(entry.log_id);
-            responses.push(Response { results });
+            responses.push(Response::Shard(results));
         }
         let store = self.shard.store();
         let mut batch = store.batch();

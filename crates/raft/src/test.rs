@@ -54,7 +54,7 @@ fn log_id(term: u64, index: u64) -> LogId {
 fn entry(index: u64, commands: Vec<Command>) -> Entry {
     Entry {
         log_id: log_id(1, index),
-        payload: EntryPayload::Normal(Request { commands }),
+        payload: EntryPayload::Normal(Request::Shard(commands)),
     }
 }
 
@@ -108,19 +108,19 @@ fn batched_commands_get_consecutive_sequences_and_rejections_are_results() {
             ])
             .await
             .unwrap();
-        assert!(responses[0].results.is_empty());
+        assert!(responses[0].results().is_empty());
         let sequences: Vec<u64> = responses[1..]
             .iter()
-            .flat_map(|r| &r.results)
+            .flat_map(|r| r.results())
             .filter_map(|r| r.as_ref().ok().map(|o| o.sequence))
             .collect();
         assert_eq!(sequences, vec![1, 2, 5]);
         assert_eq!(
-            responses[1].results[2].as_ref().unwrap_err().code,
+            responses[1].results()[2].as_ref().unwrap_err().code,
             ErrorCode::AlreadyExists
         );
         assert_eq!(
-            responses[2].results[0].as_ref().unwrap_err().code,
+            responses[2].results()[0].as_ref().unwrap_err().code,
             ErrorCode::NotFound
         );
         assert_eq!(sm.shard().count("a").unwrap(), 15);
@@ -173,14 +173,14 @@ fn log_and_applied_state_survive_a_restart_and_reapplied_entries_are_skipped() {
         let entries = log.try_get_log_entries(2..3).await.unwrap();
         let again = sm.apply(entries).await.unwrap();
         assert_eq!(sm.applied_state().await.unwrap(), first);
-        assert_eq!(again[0].results.len(), 2);
+        assert_eq!(again[0].results().len(), 2);
         assert_eq!(sm.shard().applied_sequence().unwrap(), 2);
         assert_eq!(sm.shard().count("a").unwrap(), 10);
         let next = sm
             .apply([entry(3, vec![upsert("a", 10..12)])])
             .await
             .unwrap();
-        assert_eq!(next[0].results[0].as_ref().unwrap().sequence, 3);
+        assert_eq!(next[0].results()[0].as_ref().unwrap().sequence, 3);
         assert_eq!(sm.shard().count("a").unwrap(), 12);
     });
 }
@@ -247,7 +247,7 @@ fn snapshots_carry_points_and_replace_the_receivers_state() {
             .apply([entry(4, vec![upsert("a", 3..4)])])
             .await
             .unwrap();
-        assert_eq!(next[0].results[0].as_ref().unwrap().sequence, 5);
+        assert_eq!(next[0].results()[0].as_ref().unwrap().sequence, 5);
         assert_eq!(follower.shard().count("a").unwrap(), 2000);
     });
 }

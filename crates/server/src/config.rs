@@ -53,16 +53,42 @@ impl Default for NodeConfig {
 pub struct ClusterConfig {
     /// This node's Raft id, unique in the cluster and never reused. Positive.
     pub node_id: NodeId,
-    /// How long start-up waits for this node to lead its group, in seconds.
+    /// `host:port` of any member of the cluster to join. Unset: the node bootstraps a new
+    /// cluster, unless its data directory already belongs to one.
+    pub join: Option<String>,
+    /// `host:port` other nodes reach this node's gRPC listener at. Default: `node.listen`
+    /// (which must then not be a wildcard address such as 0.0.0.0).
+    pub advertise: Option<String>,
+    /// Local IP address that connections to other nodes are made from (default: chosen by
+    /// the OS). For hosts with several addresses.
+    pub source_ip: Option<std::net::IpAddr>,
+    /// Voters of the meta group: the first nodes to join are voters, later ones learners.
+    /// Odd, 1 to 7.
+    pub meta_voters: usize,
+    /// How long start-up waits for the cluster (a meta leader, the join), in seconds.
     pub leader_wait_secs: u64,
+    /// Deadline of a request this node forwards to another, in milliseconds.
+    pub forward_timeout_ms: u64,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             node_id: 1,
+            join: None,
+            advertise: None,
+            source_ip: None,
+            meta_voters: 3,
             leader_wait_secs: 30,
+            forward_timeout_ms: 30_000,
         }
+    }
+}
+
+impl ClusterConfig {
+    /// The address peers use for this node.
+    pub fn advertise(&self, listen: SocketAddr) -> String {
+        self.advertise.clone().unwrap_or_else(|| listen.to_string())
     }
 }
 
@@ -75,6 +101,8 @@ pub struct RuntimeConfig {
     pub search_threads: usize,
     /// CPU pool for index builds (0 = half the CPUs, at least 1). Also FAISS's OpenMP width.
     pub build_threads: usize,
+    /// Async workers of the Raft runtime: elections, heartbeats, replication (0 = 2).
+    pub raft_threads: usize,
 }
 
 impl RuntimeConfig {
@@ -95,6 +123,14 @@ impl RuntimeConfig {
             Self::cpus()
         } else {
             self.search_threads
+        }
+    }
+
+    pub fn raft_threads(&self) -> usize {
+        if self.raft_threads == 0 {
+            2
+        } else {
+            self.raft_threads
         }
     }
 
@@ -131,6 +167,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    pub join: Option<String>,
 }
 
 impl Config {
@@ -152,6 +189,9 @@ impl Config {
         if let Some(http) = overrides.http {
             figment = figment.merge(("node.http", http));
         }
+        if let Some(join) = &overrides.join {
+            figment = figment.merge(("cluster.join", join));
+        }
         let config: Config = figment.extract().context("invalid configuration")?;
         config.validate()?;
         Ok(config)
@@ -167,6 +207,28 @@ impl Config {
         if self.cluster.leader_wait_secs == 0 {
             bail!("cluster.leader_wait_secs must be positive");
         }
+        if self.cluster.forward_timeout_ms == 0 {
+            bail!("cluster.forward_timeout_ms must be positive");
+        }
+        let voters = self.cluster.meta_voters;
+        if voters == 0 || voters > 7 || voters.is_multiple_of(2) {
+            bail!("cluster.meta_voters must be odd, from 1 to 7, got {voters}");
+        }
+        for (key, value) in [
+            ("cluster.join", &self.cluster.join),
+            ("cluster.advertise", &self.cluster.advertise),
+        ] {
+            if let Some(addr) = value {
+                check_host_port(key, addr)?;
+            }
+        }
+        if self.cluster.advertise.is_none() && self.node.listen.ip().is_unspecified() {
+            bail!(
+                "node.listen is {}, which peers cannot dial: set cluster.advertise to the \
+                 host:port they should use",
+                self.node.listen
+            );
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!(
                 "log.format must be \"text\" or \"json\", got {:?}",
@@ -181,6 +243,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `host:port` with a non-empty host and a numeric port.
+fn check_host_port(key: &str, addr: &str) -> anyhow::Result<()> {
+    let valid = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !valid {
+        bail!("{key} must be host:port, got {addr:?}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -231,6 +304,9 @@ mod tests {
             ("[limits]\nmax_k = 0", "max_k"),
             ("[log]\nformat = \"xml\"", "log.format"),
             ("[cluster]\nnode_id = 0", "cluster.node_id"),
+            ("[cluster]\njoin = \"nowhere\"", "cluster.join"),
+            ("[cluster]\nmeta_voters = 2", "cluster.meta_voters"),
+            ("[node]\nlisten = \"0.0.0.0:7600\"", "cluster.advertise"),
             ("[cluster]\nunknown_key = 1", "unknown_key"),
             ("[raft]\nheartbeat_interval_ms = 0", "heartbeat_interval_ms"),
         ] {

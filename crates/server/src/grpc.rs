@@ -1,32 +1,61 @@
-//! The public gRPC services over one node's [`Shard`].
+//! The public gRPC services. Every node answers every request: it runs it on a local replica
+//! when it holds the right one (the leader for writes and strong reads), and otherwise
+//! forwards it to a node that does (see [`Cluster::route`]).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus::{HistogramOpts, HistogramVec, Registry};
 use shoal_index::SegmentState;
+use shoal_proto::v1::collection_service_client::CollectionServiceClient;
 use shoal_proto::v1::collection_service_server::CollectionService;
+use shoal_proto::v1::point_service_client::PointServiceClient;
 use shoal_proto::v1::point_service_server::PointService;
 use shoal_proto::v1::{self};
 use shoal_proto::{ids_from_wire, metric_to_wire, search_params_from_wire, status_from_error};
-use shoal_raft::Proposer;
+use shoal_raft::{control, Placement};
 use shoal_shard::{CollectionDescription, CpuPool, Shard};
-use shoal_types::{CollectionSpec, Command, Error, Point};
+use shoal_types::{CollectionSpec, Command, Error, ErrorCode, Point};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+
+use crate::cluster::{Cluster, LocalGroup, Target, Want, HOPS};
 
 /// Shared by both services.
 #[derive(Clone)]
 pub struct Api {
-    proposer: Proposer,
+    cluster: Cluster,
     search_pool: CpuPool,
     latency: HistogramVec,
+    max_message: usize,
+}
+
+/// How many times the request was forwarded before reaching this node.
+pub fn hops<T>(request: &Request<T>) -> u32 {
+    request
+        .metadata()
+        .get(HOPS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn want(consistency: i32) -> Result<Want, Status> {
+    match v1::Consistency::try_from(consistency) {
+        Ok(v1::Consistency::Strong) => Ok(Want::Leader),
+        Ok(v1::Consistency::Eventual) => Ok(Want::Any),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown consistency level {consistency}"
+        ))),
+    }
 }
 
 impl Api {
     pub fn new(
-        proposer: Proposer,
+        cluster: Cluster,
         search_pool: CpuPool,
         registry: &Registry,
+        max_message: usize,
     ) -> anyhow::Result<Self> {
         let latency = HistogramVec::new(
             HistogramOpts::new(
@@ -38,14 +67,23 @@ impl Api {
         )?;
         registry.register(Box::new(latency.clone()))?;
         Ok(Self {
-            proposer,
+            cluster,
             search_pool,
             latency,
+            max_message,
         })
     }
 
-    fn shard(&self) -> &Arc<Shard> {
-        self.proposer.shard()
+    fn points_client(&self, channel: Channel) -> PointServiceClient<Channel> {
+        PointServiceClient::new(channel)
+            .max_decoding_message_size(self.max_message)
+            .max_encoding_message_size(self.max_message)
+    }
+
+    fn collections_client(&self, channel: Channel) -> CollectionServiceClient<Channel> {
+        CollectionServiceClient::new(channel)
+            .max_decoding_message_size(self.max_message)
+            .max_encoding_message_size(self.max_message)
     }
 
     /// Runs a handler and records its latency by method and status code.
@@ -66,16 +104,99 @@ impl Api {
         result
     }
 
+    /// Where a request for `collection` runs. For a strong read on the local leader, first
+    /// confirms the leadership with a majority (read index), so the read sees every write
+    /// acknowledged before it.
+    async fn route(
+        &self,
+        collection: &str,
+        want: Want,
+        read: bool,
+    ) -> Result<(Placement, Target), Status> {
+        let (placement, target) = self.cluster.route(collection, want).await.map_err(bad)?;
+        if let (Target::Local(local), Want::Leader, true) = (&target, want, read) {
+            match control::read_index(&local.raft, local.group).await {
+                Ok(_) => {}
+                // Leadership moved meanwhile: route again, to the new leader.
+                Err(e) if e.code == ErrorCode::NotLeader => {
+                    return self.cluster.route(collection, want).await.map_err(bad);
+                }
+                Err(e) => return Err(bad(e)),
+            }
+        }
+        Ok((placement, target))
+    }
+
+    /// Submits a write to the local leader; if leadership moved meanwhile, returns `None` so
+    /// the caller forwards it instead.
+    async fn submit(
+        &self,
+        local: &LocalGroup,
+        command: Command,
+    ) -> Result<Option<shoal_shard::Outcome>, Status> {
+        match local.proposer.submit(command).await {
+            Ok(outcome) => Ok(Some(outcome)),
+            Err(e) if e.code == ErrorCode::NotLeader => Ok(None),
+            Err(e) => Err(bad(e)),
+        }
+    }
+
     /// Runs RocksDB reads off the async workers.
     async fn blocking<R: Send + 'static>(
-        &self,
+        shard: &Arc<Shard>,
         work: impl FnOnce(&Shard) -> shoal_types::Result<R> + Send + 'static,
     ) -> Result<R, Status> {
-        let shard = self.shard().clone();
+        let shard = shard.clone();
         tokio::task::spawn_blocking(move || work(&shard))
             .await
             .map_err(|e| Status::internal(format!("request task failed: {e}")))?
             .map_err(status_from_error)
+    }
+
+    /// The collection's description from a local replica, with its placement.
+    async fn describe_local(
+        local: &LocalGroup,
+        placement: &Placement,
+    ) -> Result<v1::CollectionInfo, Status> {
+        let name = placement.spec.name.clone();
+        let description = Self::blocking(&local.shard, move |shard| shard.describe(&name)).await?;
+        let mut info = collection_info(description);
+        info.replication_factor = placement.replication_factor;
+        info.replicas = placement.replicas.clone();
+        info.group = placement.group;
+        Ok(info)
+    }
+
+    async fn describe(
+        &self,
+        name: &str,
+        want: Want,
+        hops: u32,
+    ) -> Result<v1::CollectionInfo, Status> {
+        match self.route(name, want, true).await? {
+            (placement, Target::Local(local)) => Self::describe_local(&local, &placement).await,
+            (_, Target::Remote(targets)) => {
+                let request = v1::DescribeCollectionRequest {
+                    name: name.to_owned(),
+                    consistency: match want {
+                        Want::Leader => v1::Consistency::Strong,
+                        Want::Any => v1::Consistency::Eventual,
+                    }
+                    .into(),
+                };
+                self.cluster
+                    .forward(&targets, hops, &request, |ch, req| async move {
+                        self.collections_client(ch).describe_collection(req).await
+                    })
+                    .await
+                    .map(Response::into_inner)
+            }
+        }
+    }
+
+    /// The meta leader's address if another node leads the meta group.
+    fn meta_leader_elsewhere(&self) -> Result<Option<String>, Status> {
+        self.cluster.meta_leader_elsewhere().map_err(bad)
     }
 }
 
@@ -115,6 +236,24 @@ fn bad(err: Error) -> Status {
     status_from_error(err)
 }
 
+fn search_response(results: Vec<Vec<shoal_shard::SearchHit>>) -> v1::SearchResponse {
+    v1::SearchResponse {
+        results: results
+            .into_iter()
+            .map(|hits| v1::QueryResult {
+                hits: hits
+                    .into_iter()
+                    .map(|h| v1::ScoredPoint {
+                        id: Some(h.id.into()),
+                        score: h.score,
+                        vector: h.vector.unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
 #[tonic::async_trait]
 impl CollectionService for Api {
     #[tracing::instrument(skip_all, fields(collection = %request.get_ref().name))]
@@ -122,12 +261,47 @@ impl CollectionService for Api {
         &self,
         request: Request<v1::CreateCollectionRequest>,
     ) -> Result<Response<v1::CreateCollectionResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
         self.timed("CreateCollection", async {
-            let spec = CollectionSpec::try_from(request.into_inner()).map_err(bad)?;
-            self.proposer
-                .submit(Command::CreateCollection(spec))
+            if let Some(leader) = self.meta_leader_elsewhere()? {
+                return self
+                    .cluster
+                    .forward(&[leader], hops, &req, |ch, r| async move {
+                        self.collections_client(ch).create_collection(r).await
+                    })
+                    .await;
+            }
+            let replicas = req.replicas;
+            let spec = CollectionSpec::try_from(req).map_err(bad)?;
+            let name = spec.name.clone();
+            self.cluster
+                .create_collection(spec, replicas)
                 .await
                 .map_err(bad)?;
+            // Acknowledged once the collection's group has created it, so a write that
+            // follows finds it.
+            let deadline = Instant::now() + self.cluster.forward_timeout();
+            loop {
+                match self.describe(&name, Want::Leader, 0).await {
+                    Ok(_) => break,
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            tonic::Code::NotFound | tonic::Code::Unavailable
+                        ) && Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    Err(status) => {
+                        return Err(Status::unavailable(format!(
+                            "collection {name:?} is recorded but its replicas are not ready yet \
+                             ({}); it becomes usable once they are",
+                            status.message()
+                        )))
+                    }
+                }
+            }
             Ok(Response::new(v1::CreateCollectionResponse {}))
         })
         .await
@@ -137,25 +311,34 @@ impl CollectionService for Api {
         &self,
         request: Request<v1::DescribeCollectionRequest>,
     ) -> Result<Response<v1::CollectionInfo>, Status> {
-        let name = request.into_inner().name;
+        let hops = hops(&request);
+        let req = request.into_inner();
         self.timed("DescribeCollection", async {
-            self.blocking(move |shard| shard.describe(&name))
+            let want = want(req.consistency)?;
+            self.describe(&req.name, want, hops)
                 .await
-                .map(|d| Response::new(collection_info(d)))
+                .map(Response::new)
         })
         .await
     }
 
     async fn list_collections(
         &self,
-        _request: Request<v1::ListCollectionsRequest>,
+        request: Request<v1::ListCollectionsRequest>,
     ) -> Result<Response<v1::ListCollectionsResponse>, Status> {
+        let hops = hops(&request);
         self.timed("ListCollections", async {
-            self.blocking(|shard| Ok(shard.list())).await.map(|list| {
-                Response::new(v1::ListCollectionsResponse {
-                    collections: list.into_iter().map(collection_info).collect(),
-                })
-            })
+            let layout = self.cluster.layout();
+            let mut collections = Vec::with_capacity(layout.collections.len());
+            for name in layout.collections.keys() {
+                match self.describe(name, Want::Any, hops).await {
+                    Ok(info) => collections.push(info),
+                    // Dropped meanwhile.
+                    Err(status) if status.code() == tonic::Code::NotFound => {}
+                    Err(status) => return Err(status),
+                }
+            }
+            Ok(Response::new(v1::ListCollectionsResponse { collections }))
         })
         .await
     }
@@ -165,12 +348,21 @@ impl CollectionService for Api {
         &self,
         request: Request<v1::DropCollectionRequest>,
     ) -> Result<Response<v1::DropCollectionResponse>, Status> {
-        let name = request.into_inner().name;
+        let hops = hops(&request);
+        let req = request.into_inner();
         self.timed("DropCollection", async {
-            self.proposer
-                .submit(Command::DropCollection { name })
+            if let Some(leader) = self.meta_leader_elsewhere()? {
+                return self
+                    .cluster
+                    .forward(&[leader], hops, &req, |ch, r| async move {
+                        self.collections_client(ch).drop_collection(r).await
+                    })
+                    .await;
+            }
+            self.cluster
+                .drop_collection(req.name)
                 .await
-                .map(|_| Response::new(v1::DropCollectionResponse {}))
+                .map(|()| Response::new(v1::DropCollectionResponse {}))
                 .map_err(bad)
         })
         .await
@@ -184,26 +376,37 @@ impl PointService for Api {
         &self,
         request: Request<v1::UpsertRequest>,
     ) -> Result<Response<v1::UpsertResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
         self.timed("Upsert", async {
-            let req = request.into_inner();
-            let points = req
-                .points
-                .into_iter()
-                .map(Point::try_from)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(bad)?;
-            let outcome = self
-                .proposer
-                .submit(Command::Upsert {
-                    collection: req.collection,
+            if let (_, Target::Local(local)) =
+                self.route(&req.collection, Want::Leader, false).await?
+            {
+                let points = req
+                    .points
+                    .iter()
+                    .cloned()
+                    .map(Point::try_from)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad)?;
+                let command = Command::Upsert {
+                    collection: req.collection.clone(),
                     points,
+                };
+                if let Some(outcome) = self.submit(&local, command).await? {
+                    return Ok(Response::new(v1::UpsertResponse {
+                        upserted: outcome.affected,
+                        sequence: outcome.sequence,
+                    }));
+                }
+            }
+            let (_, target) = self.route(&req.collection, Want::Leader, false).await?;
+            let targets = remote(target)?;
+            self.cluster
+                .forward(&targets, hops, &req, |ch, r| async move {
+                    self.points_client(ch).upsert(r).await
                 })
                 .await
-                .map_err(bad)?;
-            Ok(Response::new(v1::UpsertResponse {
-                upserted: outcome.affected,
-                sequence: outcome.sequence,
-            }))
         })
         .await
     }
@@ -212,16 +415,31 @@ impl PointService for Api {
         &self,
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Status> {
+        let hops = hops(&request);
         let req = request.into_inner();
         self.timed("Get", async {
-            let ids = ids_from_wire(req.ids).map_err(bad)?;
-            let (points, missing) = self
-                .blocking(move |shard| shard.get(&req.collection, &ids, req.with_vectors))
-                .await?;
-            Ok(Response::new(v1::GetResponse {
-                points: points.into_iter().map(Into::into).collect(),
-                missing: missing.into_iter().map(Into::into).collect(),
-            }))
+            let want = want(req.consistency)?;
+            match self.route(&req.collection, want, true).await? {
+                (_, Target::Local(local)) => {
+                    let ids = ids_from_wire(req.ids).map_err(bad)?;
+                    let (collection, with_vectors) = (req.collection, req.with_vectors);
+                    let (points, missing) = Self::blocking(&local.shard, move |shard| {
+                        shard.get(&collection, &ids, with_vectors)
+                    })
+                    .await?;
+                    Ok(Response::new(v1::GetResponse {
+                        points: points.into_iter().map(Into::into).collect(),
+                        missing: missing.into_iter().map(Into::into).collect(),
+                    }))
+                }
+                (_, Target::Remote(targets)) => {
+                    self.cluster
+                        .forward(&targets, hops, &req, |ch, r| async move {
+                            self.points_client(ch).get(r).await
+                        })
+                        .await
+                }
+            }
         })
         .await
     }
@@ -231,21 +449,31 @@ impl PointService for Api {
         &self,
         request: Request<v1::DeleteRequest>,
     ) -> Result<Response<v1::DeleteResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
         self.timed("Delete", async {
-            let req = request.into_inner();
-            let ids = ids_from_wire(req.ids).map_err(bad)?;
-            let outcome = self
-                .proposer
-                .submit(Command::Delete {
-                    collection: req.collection,
+            if let (_, Target::Local(local)) =
+                self.route(&req.collection, Want::Leader, false).await?
+            {
+                let ids = ids_from_wire(req.ids.clone()).map_err(bad)?;
+                let command = Command::Delete {
+                    collection: req.collection.clone(),
                     ids,
+                };
+                if let Some(outcome) = self.submit(&local, command).await? {
+                    return Ok(Response::new(v1::DeleteResponse {
+                        deleted: outcome.affected,
+                        sequence: outcome.sequence,
+                    }));
+                }
+            }
+            let (_, target) = self.route(&req.collection, Want::Leader, false).await?;
+            let targets = remote(target)?;
+            self.cluster
+                .forward(&targets, hops, &req, |ch, r| async move {
+                    self.points_client(ch).delete(r).await
                 })
                 .await
-                .map_err(bad)?;
-            Ok(Response::new(v1::DeleteResponse {
-                deleted: outcome.affected,
-                sequence: outcome.sequence,
-            }))
         })
         .await
     }
@@ -254,11 +482,25 @@ impl PointService for Api {
         &self,
         request: Request<v1::CountRequest>,
     ) -> Result<Response<v1::CountResponse>, Status> {
-        let name = request.into_inner().collection;
+        let hops = hops(&request);
+        let req = request.into_inner();
         self.timed("Count", async {
-            self.blocking(move |shard| shard.count(&name))
-                .await
-                .map(|count| Response::new(v1::CountResponse { count }))
+            let want = want(req.consistency)?;
+            match self.route(&req.collection, want, true).await? {
+                (_, Target::Local(local)) => {
+                    let name = req.collection;
+                    Self::blocking(&local.shard, move |shard| shard.count(&name))
+                        .await
+                        .map(|count| Response::new(v1::CountResponse { count }))
+                }
+                (_, Target::Remote(targets)) => {
+                    self.cluster
+                        .forward(&targets, hops, &req, |ch, r| async move {
+                            self.points_client(ch).count(r).await
+                        })
+                        .await
+                }
+            }
         })
         .await
     }
@@ -267,35 +509,45 @@ impl PointService for Api {
         &self,
         request: Request<v1::SearchRequest>,
     ) -> Result<Response<v1::SearchResponse>, Status> {
+        let hops = hops(&request);
         let req = request.into_inner();
-        let shard = self.shard().clone();
         self.timed("Search", async {
-            let params = search_params_from_wire(req.params);
-            let queries: Vec<Vec<f32>> = req.queries.into_iter().map(|q| q.values).collect();
-            let results = self
-                .search_pool
-                .run(move || {
-                    shard.search(&req.collection, &queries, req.k, &params, req.with_vectors)
-                })
-                .await
-                .map_err(bad)?
-                .map_err(bad)?;
-            Ok(Response::new(v1::SearchResponse {
-                results: results
-                    .into_iter()
-                    .map(|hits| v1::QueryResult {
-                        hits: hits
-                            .into_iter()
-                            .map(|h| v1::ScoredPoint {
-                                id: Some(h.id.into()),
-                                score: h.score,
-                                vector: h.vector.unwrap_or_default(),
-                            })
-                            .collect(),
-                    })
-                    .collect(),
-            }))
+            let want = want(req.consistency)?;
+            match self.route(&req.collection, want, true).await? {
+                (_, Target::Local(local)) => {
+                    let shard = local.shard.clone();
+                    let params = search_params_from_wire(req.params);
+                    let queries: Vec<Vec<f32>> =
+                        req.queries.into_iter().map(|q| q.values).collect();
+                    let (collection, k, with_vectors) = (req.collection, req.k, req.with_vectors);
+                    let results = self
+                        .search_pool
+                        .run(move || shard.search(&collection, &queries, k, &params, with_vectors))
+                        .await
+                        .map_err(bad)?
+                        .map_err(bad)?;
+                    Ok(Response::new(search_response(results)))
+                }
+                (_, Target::Remote(targets)) => {
+                    self.cluster
+                        .forward(&targets, hops, &req, |ch, r| async move {
+                            self.points_client(ch).search(r).await
+                        })
+                        .await
+                }
+            }
         })
         .await
+    }
+}
+
+/// The nodes a write goes to once it cannot run here.
+fn remote(target: Target) -> Result<Vec<String>, Status> {
+    match target {
+        Target::Remote(targets) => Ok(targets),
+        Target::Local(local) => Err(Status::unavailable(format!(
+            "leadership of raft group {} changed twice during the request; retry",
+            local.group
+        ))),
     }
 }

@@ -3,6 +3,8 @@
 //! `shoal node` starts a node. With no flags it runs on embedded defaults: data in
 //! `./shoal-data`, gRPC on 127.0.0.1:7600, HTTP (metrics, health) on 127.0.0.1:7680.
 
+mod cluster;
+mod cluster_api;
 mod config;
 mod grpc;
 mod http;
@@ -46,6 +48,10 @@ struct NodeArgs {
     /// HTTP address for /metrics, /healthz, /readyz [default: 127.0.0.1:7680].
     #[arg(long)]
     http: Option<std::net::SocketAddr>,
+    /// Join the cluster that the node at HOST:PORT belongs to. Without it, a node with an
+    /// empty data directory bootstraps a new cluster.
+    #[arg(long, value_name = "HOST:PORT")]
+    join: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -55,6 +61,7 @@ fn main() -> ExitCode {
         data_dir: args.data_dir,
         listen: args.listen,
         http: args.http,
+        join: args.join,
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(config) => config,
@@ -86,7 +93,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(node::run(config)) {
+    // Raft's elections, heartbeats and replication run on their own runtime, so a busy client
+    // runtime never delays them.
+    let raft_runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime.raft_threads())
+        .thread_name("shoal-raft")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the raft runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(node::run(config, raft_runtime.handle().clone())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "node failed");

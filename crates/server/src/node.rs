@@ -1,8 +1,8 @@
-//! `shoal node`: wires storage, index, the Raft group, maintenance and the servers together,
-//! and shuts them down in order on SIGTERM or Ctrl-C.
+//! `shoal node`: wires the cluster (meta group, collection groups), the index pools and the
+//! servers together, and shuts them down in order on SIGTERM or Ctrl-C.
 //!
-//! The node runs Raft group 0 over its shard with itself as the only voter: every write is a
-//! Raft log entry, acknowledged once committed (its append fsynced) and applied.
+//! Every write is an entry in its collection's Raft log, acknowledged once a majority of the
+//! collection's replicas has it on disk and this node has applied it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,22 +11,25 @@ use std::time::Duration;
 use anyhow::Context;
 use prometheus::Registry;
 use shoal_index_faiss::FaissFactory;
+use shoal_proto::internal::v1::node_service_server::NodeServiceServer;
+use shoal_proto::v1::cluster_service_server::ClusterServiceServer;
 use shoal_proto::v1::collection_service_server::CollectionServiceServer;
 use shoal_proto::v1::point_service_server::PointServiceServer;
 use shoal_proto::v1::FILE_DESCRIPTOR_SET;
-use shoal_raft::{GroupId, Proposer, RaftNode, RaftServer};
-use shoal_shard::{CpuPool, Maintenance, Shard, ShardConfig, ShardMetrics};
+use shoal_raft::{RaftNode, RaftServer};
+use shoal_shard::{CpuPool, ShardConfig, ShardMetrics};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
+use crate::cluster::{Cluster, ShardEnv};
+use crate::cluster_api::ClusterApi;
 use crate::config::Config;
 use crate::grpc::Api;
 use crate::http;
 
-/// The node's shard is Raft group 0; more groups arrive with sharding.
-const SHARD_GROUP: GroupId = 0;
-
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the node until SIGTERM or Ctrl-C; Raft groups run on `raft_runtime`.
+pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
     let registry = Registry::new_custom(None, None)?;
     let metrics = ShardMetrics::new(&registry).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ready = Arc::new(AtomicBool::new(false));
@@ -44,41 +47,57 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let started = std::time::Instant::now();
     let data_dir = config.node.data_dir.clone();
-    let shard_config = ShardConfig {
-        limits: config.limits.clone(),
-        segments: config.index.clone(),
-    };
-    let shard = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-        Shard::open(&data_dir, Arc::new(FaissFactory), shard_config, metrics)
-            .map_err(|e| anyhow::anyhow!("opening {}: {e}", data_dir.display()))
+    if data_dir.join("db").exists() && !data_dir.join("meta").exists() {
+        anyhow::bail!(
+            "{} holds data from a single-node version of Shoal (a db/ directory without meta/); \
+             this version keeps each collection in groups/<group>/: export the collections with \
+             the old version and import them into a new data directory",
+            data_dir.display()
+        );
+    }
+    tokio::task::spawn_blocking({
+        let data_dir = data_dir.clone();
+        move || {
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("creating data directory {}", data_dir.display()))
+        }
     })
     .await??;
-    let shard = Arc::new(shard);
-    tracing::info!(seconds = started.elapsed().as_secs_f64(), "data opened");
 
     let build_pool = CpuPool::new("shoal-build", config.runtime.build_threads())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let search_pool = CpuPool::new("shoal-search", config.runtime.search_threads())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let maintenance =
-        Maintenance::start(shard.clone(), build_pool).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let raft_node = RaftNode::new(config.cluster.node_id, config.raft.clone())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let raft = raft_node
-        .start_group(
-            SHARD_GROUP,
-            shard.clone(),
-            &config.node.data_dir.join("raft"),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let api = Api::new(
-        Proposer::start(raft.clone(), SHARD_GROUP, shard.clone()),
-        search_pool,
-        &registry,
-    )?;
+    let raft_node = RaftNode::new(
+        config.cluster.node_id,
+        config.raft.clone(),
+        raft_runtime,
+        config.cluster.source_ip,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let address = config.cluster.advertise(config.node.listen);
+    let env = ShardEnv {
+        data_dir: data_dir.clone(),
+        config: ShardConfig {
+            limits: config.limits.clone(),
+            segments: config.index.clone(),
+        },
+        metrics,
+        factory: Arc::new(FaissFactory),
+        build_pool,
+    };
+    let cluster = Cluster::open(
+        config.cluster.clone(),
+        address.clone(),
+        config.limits.clone(),
+        raft_node.clone(),
+        env,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let max = config.limits.max_message_bytes;
+    let api = Api::new(cluster.clone(), search_pool, &registry, max)?;
+    let cluster_api = ClusterApi::new(cluster.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -86,7 +105,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let max = config.limits.max_message_bytes;
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
@@ -100,6 +118,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
+        .add_service(ClusterServiceServer::new(cluster_api.clone()))
+        .add_service(NodeServiceServer::new(cluster_api))
         .add_service(RaftServer::service(raft_node.groups().clone()))
         .serve_with_incoming_shutdown(
             // Small request/response RPCs: Nagle's algorithm would add tens of milliseconds.
@@ -109,19 +129,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut grpc = tokio::spawn(grpc);
 
-    // Peers reach this node at its gRPC address, so the server runs before the group forms.
-    raft_node
-        .initialize_alone(&raft, SHARD_GROUP, config.node.listen.to_string())
+    // Peers reach this node at its gRPC address, so the server runs before the cluster forms.
+    cluster.form().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    cluster
+        .reconcile()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    raft_node
-        .wait_until_leader(
-            &raft,
-            SHARD_GROUP,
-            Duration::from_secs(config.cluster.leader_wait_secs),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    cluster
+        .wait_for_leaders(Duration::from_secs(config.cluster.leader_wait_secs))
+        .await;
+    let reconciler = cluster.spawn_reconciler(stop_rx.clone());
 
     health.set_serving::<CollectionServiceServer<Api>>().await;
     health.set_serving::<PointServiceServer<Api>>().await;
@@ -129,6 +146,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         grpc = %config.node.listen,
         http = %config.node.http,
+        %address,
         data_dir = %config.node.data_dir.display(),
         seconds = started.elapsed().as_secs_f64(),
         node_id = config.cluster.node_id,
@@ -163,13 +181,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let _ = tokio::time::timeout(grace, http_server).await;
-    raft_node
+    let _ = reconciler.await;
+    let shards = cluster.shards();
+    cluster
         .shutdown()
         .await
         .map_err(|e| anyhow::anyhow!("stopping raft: {e}"))?;
-    drop(maintenance);
     let flushed = std::time::Instant::now();
-    tokio::task::spawn_blocking(move || shard.flush())
+    tokio::task::spawn_blocking(move || shards.iter().try_for_each(|s| s.flush()))
         .await?
         .map_err(|e| anyhow::anyhow!("final flush: {e}"))?;
     tracing::info!(seconds = flushed.elapsed().as_secs_f64(), "data flushed");

@@ -15,8 +15,15 @@ pub enum ErrorCode {
     NotFound,
     /// The collection already exists.
     AlreadyExists,
-    /// The node is starting or shutting down; retry elsewhere or later.
+    /// The node is starting or shutting down, or a group has no leader; retry elsewhere or
+    /// later.
     Unavailable,
+    /// This node does not lead the Raft group the request needs; the request goes to the
+    /// leader instead (nodes forward it themselves).
+    NotLeader,
+    /// The cluster is not in a state that allows the request (removing a node would leave a
+    /// group without a majority, for example); the message says what to change.
+    FailedPrecondition,
     /// A bug or an I/O failure; the message says which.
     Internal,
 }
@@ -24,7 +31,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// Whether the same request may succeed if retried unchanged.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorCode::Unavailable)
+        matches!(self, ErrorCode::Unavailable | ErrorCode::NotLeader)
     }
 }
 

@@ -1,0 +1,1072 @@
+//! The node's part in the cluster: the meta group, the collection groups it holds, and where
+//! each request goes.
+//!
+//! - **Forming**: a node with no cluster state bootstraps one (it becomes the meta group's
+//!   only voter) or, given `cluster.join`, asks a member to add it. A node with state resumes.
+//! - **Reconciling**: the meta group's [`ClusterState`] says which nodes hold each
+//!   collection's replicas. A loop, woken by every change and by a timer, starts the groups
+//!   this node should hold (the first replica initializes a new group), stops and deletes the
+//!   ones it should not, and makes sure each group it leads has its collection. On the meta
+//!   leader it also repairs: nodes into the meta group (voters up to `meta_voters`), new
+//!   replicas for under-replicated collections, and group memberships that differ from the
+//!   layout (a replica added as a learner, caught up, then a voter; a removed node taken out).
+//! - **Routing**: [`Cluster::route`] answers where a request for a collection runs: here, on a
+//!   local group (the leader for writes and strong reads, any replica for eventual reads), or
+//!   on other nodes, to which [`Cluster::forward`] sends the request with a hop count.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use shoal_index::IndexFactory;
+use shoal_proto::internal::v1 as internal;
+use shoal_proto::internal::v1::node_service_client::NodeServiceClient;
+use shoal_raft::control::{self, GroupView};
+use shoal_raft::{
+    ClusterState, GroupId, MetaCommand, MetaOutcome, NodeId, Placement, Proposer, Raft, RaftNode,
+    META_GROUP,
+};
+use shoal_shard::{CpuPool, Maintenance, Shard, ShardConfig, ShardMetrics};
+use shoal_types::{CollectionSpec, Command, Error, ErrorCode, Limits, Result};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::ClusterConfig;
+
+/// Metadata key carrying how many times a request was forwarded.
+pub const HOPS: &str = "x-shoal-hops";
+/// A request is forwarded at most this many times (client → any node → a replica → leader).
+const MAX_HOPS: u32 = 3;
+/// How often the reconcile loop runs without a layout change.
+const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+/// Deadline of the status calls between nodes.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most replicas of one collection.
+const MAX_REPLICAS: u32 = 16;
+
+/// What a node needs to open its shards.
+pub struct ShardEnv {
+    pub data_dir: PathBuf,
+    pub config: ShardConfig,
+    pub metrics: ShardMetrics,
+    pub factory: Arc<dyn IndexFactory>,
+    pub build_pool: CpuPool,
+}
+
+/// A collection group this node holds.
+pub struct LocalGroup {
+    pub group: GroupId,
+    pub collection: String,
+    pub raft: Raft,
+    pub proposer: Proposer,
+    pub shard: Arc<Shard>,
+    maintenance: Mutex<Option<Maintenance>>,
+}
+
+impl LocalGroup {
+    pub fn view(&self) -> GroupView {
+        control::view(&self.raft)
+    }
+}
+
+/// Which replica a request needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// The group's leader: writes and strong reads.
+    Leader,
+    /// Any replica, this node's first: eventual reads.
+    Any,
+}
+
+/// Where a request runs.
+pub enum Target {
+    Local(Arc<LocalGroup>),
+    /// Other nodes' addresses, best first.
+    Remote(Vec<String>),
+}
+
+/// The node's cluster handle. Clones share everything.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    address: String,
+    settings: ClusterConfig,
+    limits: Limits,
+    raft: RaftNode,
+    meta: Raft,
+    layout: watch::Receiver<Arc<ClusterState>>,
+    local: RwLock<HashMap<GroupId, Arc<LocalGroup>>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    env: ShardEnv,
+    /// Repairs under way, so a slow one is not started twice.
+    repairs: Mutex<HashSet<GroupId>>,
+    reconciling: tokio::sync::Mutex<()>,
+    /// Held for every change of the meta group's membership: openraft runs one at a time.
+    meta_membership: tokio::sync::Mutex<()>,
+}
+
+impl Cluster {
+    /// Opens the meta group (under `data_dir/meta`); the node serves peers before [`form`].
+    pub async fn open(
+        settings: ClusterConfig,
+        address: String,
+        limits: Limits,
+        raft: RaftNode,
+        env: ShardEnv,
+    ) -> Result<Self> {
+        let meta_dir = env.data_dir.join("meta");
+        let groups_dir = env.data_dir.join("groups");
+        for dir in [&meta_dir, &groups_dir] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
+        }
+        let (meta, layout) = raft.start_meta(&meta_dir.join("db")).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                id: raft.id(),
+                address,
+                settings,
+                limits,
+                raft,
+                meta,
+                layout,
+                local: RwLock::default(),
+                channels: Mutex::default(),
+                env,
+                repairs: Mutex::default(),
+                reconciling: tokio::sync::Mutex::new(()),
+                meta_membership: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn layout(&self) -> Arc<ClusterState> {
+        self.inner.layout.borrow().clone()
+    }
+
+    pub fn local_group(&self, group: GroupId) -> Option<Arc<LocalGroup>> {
+        self.inner.local.read().get(&group).cloned()
+    }
+
+    fn local_groups(&self) -> Vec<Arc<LocalGroup>> {
+        self.inner.local.read().values().cloned().collect()
+    }
+
+    fn wait_secs(&self) -> Duration {
+        Duration::from_secs(self.inner.settings.leader_wait_secs)
+    }
+
+    pub fn forward_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.settings.forward_timeout_ms)
+    }
+
+    /// Bootstraps, joins or resumes the cluster, then waits until this node is in the layout.
+    pub async fn form(&self) -> Result<()> {
+        let inner = &self.inner;
+        let initialized = inner
+            .meta
+            .is_initialized()
+            .await
+            .map_err(|e| Error::internal(format!("the meta group: {e}")))?;
+        match (&inner.settings.join, initialized) {
+            (None, false) => {
+                let members = BTreeMap::from([(inner.id, inner.address.clone())]);
+                control::initialize(&inner.meta, META_GROUP, members).await?;
+                tracing::info!(
+                    node = inner.id,
+                    "cluster bootstrapped: this node is the meta group's only voter"
+                );
+            }
+            (Some(seed), false) => self.join_via(seed).await?,
+            (Some(seed), true) if !self.layout().nodes.contains_key(&inner.id) => {
+                // A join interrupted before the cluster recorded this node.
+                self.join_via(seed).await?;
+            }
+            _ => {}
+        }
+        let deadline = Instant::now() + self.wait_secs();
+        let leader = control::wait_for_leader(&inner.meta, META_GROUP, self.wait_secs()).await?;
+        if leader == inner.id && !self.layout().nodes.contains_key(&inner.id) {
+            control::propose_meta(
+                &inner.meta,
+                MetaCommand::AddNode {
+                    id: inner.id,
+                    address: inner.address.clone(),
+                },
+            )
+            .await?;
+        }
+        let mut layout = inner.layout.clone();
+        let joined = tokio::time::timeout_at(
+            deadline.into(),
+            layout.wait_for(|l| l.nodes.contains_key(&inner.id)),
+        )
+        .await;
+        if !matches!(joined, Ok(Ok(_))) {
+            return Err(Error::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "node {} is not in the cluster's layout after {} s",
+                    inner.id, inner.settings.leader_wait_secs
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Asks the member at `seed` to add this node, retrying while it cannot be reached until
+    /// `leader_wait_secs` have passed.
+    async fn join_via(&self, seed: &str) -> Result<()> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + self.wait_secs();
+        let request = internal::JoinRequest {
+            node_id: inner.id,
+            address: inner.address.clone(),
+        };
+        loop {
+            let mut client = NodeServiceClient::new(self.channel(seed)?);
+            let mut call = tonic::Request::new(request.clone());
+            call.set_timeout(self.wait_secs());
+            match client.join(call).await {
+                Ok(reply) => {
+                    tracing::info!(
+                        node = inner.id,
+                        seed,
+                        leader = reply.into_inner().leader,
+                        "joined the cluster"
+                    );
+                    return Ok(());
+                }
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+                {
+                    tracing::info!(seed, error = %status.message(), "cannot join yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(status) => {
+                    return Err(Error::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "cannot join the cluster through {seed}: {} ({:?})",
+                            status.message(),
+                            status.code()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Runs the reconcile loop until `stop` fires.
+    pub fn spawn_reconciler(&self, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let mut layout = cluster.inner.layout.clone();
+            let mut tick = tokio::time::interval(RECONCILE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    changed = layout.changed() => if changed.is_err() { break },
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                if let Err(e) = cluster.reconcile().await {
+                    tracing::warn!(error = %e, "reconcile failed; retrying");
+                }
+            }
+        })
+    }
+
+    /// Waits, up to `timeout` in all, until every local group has a leader; a group still
+    /// without one is logged, not an error (the node forwards and serves eventual reads).
+    pub async fn wait_for_leaders(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for local in self.local_groups() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(e) = control::wait_for_leader(&local.raft, local.group, left).await {
+                tracing::warn!(group = local.group, collection = %local.collection, error = %e, "group has no leader yet");
+            }
+        }
+    }
+
+    /// One pass of the reconcile loop.
+    pub async fn reconcile(&self) -> Result<()> {
+        let _one = self.inner.reconciling.lock().await;
+        let layout = self.layout();
+        let id = self.inner.id;
+        let wanted: HashMap<GroupId, &Placement> = layout
+            .collections
+            .values()
+            .filter(|p| p.replicas.contains(&id))
+            .map(|p| (p.group, p))
+            .collect();
+        for (group, placement) in &wanted {
+            if self.local_group(*group).is_none() {
+                if let Err(e) = self.open_group(&layout, placement).await {
+                    tracing::warn!(group, collection = %placement.spec.name, error = %e, "cannot start the group");
+                }
+            }
+        }
+        let unwanted: Vec<GroupId> = self
+            .inner
+            .local
+            .read()
+            .keys()
+            .filter(|g| !wanted.contains_key(g))
+            .copied()
+            .collect();
+        for group in unwanted {
+            self.close_group(group).await?;
+        }
+        self.remove_orphan_dirs(&wanted)?;
+        for local in self.local_groups() {
+            if local.view().leader == Some(id) {
+                if let Some(placement) = wanted.get(&local.group) {
+                    self.ensure_collection(&local, &placement.spec).await;
+                }
+            }
+        }
+        if control::view(&self.inner.meta).leader == Some(id) {
+            self.repair(&layout).await;
+        }
+        Ok(())
+    }
+
+    /// Opens this node's replica of `placement`'s group; the first replica initializes a new
+    /// group with every replica as a voter.
+    async fn open_group(&self, layout: &ClusterState, placement: &Placement) -> Result<()> {
+        let env = &self.inner.env;
+        let group = placement.group;
+        let dir = env.data_dir.join("groups").join(group.to_string());
+        let (factory, config, metrics) =
+            (env.factory.clone(), env.config.clone(), env.metrics.clone());
+        let shard_dir = dir.clone();
+        let shard = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&shard_dir)
+                .map_err(|e| Error::internal(format!("creating {}: {e}", shard_dir.display())))?;
+            Shard::open(&shard_dir, factory, config, metrics)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("opening group {group}: {e}")))??;
+        let shard = Arc::new(shard);
+        let maintenance = Maintenance::start(shard.clone(), env.build_pool.clone())?;
+        let raft = self
+            .inner
+            .raft
+            .start_group(group, shard.clone(), &dir.join("raft"))
+            .await?;
+        if placement.replicas.first() == Some(&self.inner.id) {
+            let members: BTreeMap<NodeId, String> = placement
+                .replicas
+                .iter()
+                .filter_map(|n| layout.address(*n).map(|a| (*n, a.to_owned())))
+                .collect();
+            if control::initialize(&raft, group, members).await? {
+                let _ = raft.trigger().elect().await;
+            }
+        }
+        let proposer = Proposer::start(raft.clone(), group, shard.clone());
+        let local = Arc::new(LocalGroup {
+            group,
+            collection: placement.spec.name.clone(),
+            raft,
+            proposer,
+            shard,
+            maintenance: Mutex::new(Some(maintenance)),
+        });
+        self.inner.local.write().insert(group, local.clone());
+        tracing::info!(group, collection = %placement.spec.name, "replica opened");
+        // A new group's first leader creates its collection as soon as it is elected.
+        let cluster = self.clone();
+        let spec = placement.spec.clone();
+        tokio::spawn(async move {
+            let wait = cluster.wait_secs();
+            if control::wait_for_leader(&local.raft, group, wait).await == Ok(cluster.id()) {
+                cluster.ensure_collection(&local, &spec).await;
+            }
+        });
+        Ok(())
+    }
+
+    /// Stops this node's replica of `group`; its files go at the next reconcile.
+    async fn close_group(&self, group: GroupId) -> Result<()> {
+        let Some(local) = self.inner.local.write().remove(&group) else {
+            return Ok(());
+        };
+        self.inner.raft.stop_group(group).await?;
+        let maintenance = local.maintenance.lock().take();
+        tokio::task::spawn_blocking(move || drop(maintenance))
+            .await
+            .map_err(|e| Error::internal(format!("stopping maintenance: {e}")))?;
+        tracing::info!(group, collection = %local.collection, "replica closed");
+        Ok(())
+    }
+
+    /// Deletes the directories of groups this node neither runs nor should hold.
+    fn remove_orphan_dirs(&self, wanted: &HashMap<GroupId, &Placement>) -> Result<()> {
+        let dir = self.inner.env.data_dir.join("groups");
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| Error::internal(format!("listing {}: {e}", dir.display())))?;
+        for entry in entries.flatten() {
+            let Some(group) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<GroupId>().ok())
+            else {
+                continue;
+            };
+            if wanted.contains_key(&group) || self.local_group(group).is_some() {
+                continue;
+            }
+            std::fs::remove_dir_all(entry.path()).map_err(|e| {
+                Error::internal(format!("removing {}: {e}", entry.path().display()))
+            })?;
+            tracing::info!(
+                group,
+                "removed the files of a replica this node no longer holds"
+            );
+        }
+        Ok(())
+    }
+
+    /// Proposes the collection's creation in its group if its shard lacks it (the group is
+    /// new, or the node that created the collection failed before it was done).
+    async fn ensure_collection(&self, local: &LocalGroup, spec: &CollectionSpec) {
+        if local.shard.describe(&spec.name).is_ok() {
+            return;
+        }
+        match local
+            .proposer
+            .submit(Command::CreateCollection(spec.clone()))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(group = local.group, collection = %spec.name, "collection created in its group")
+            }
+            Err(e) if e.code == ErrorCode::AlreadyExists => {}
+            Err(e) => {
+                tracing::warn!(group = local.group, collection = %spec.name, error = %e, "cannot create the collection in its group yet")
+            }
+        }
+    }
+
+    /// The meta leader's repairs: meta membership, missing replicas, group memberships.
+    async fn repair(&self, layout: &ClusterState) {
+        if let Err(e) = self.repair_meta_membership(layout).await {
+            tracing::warn!(error = %e, "meta group membership repair failed");
+        }
+        for placement in layout.collections.values() {
+            if placement.under_replicated() {
+                let missing = placement.replication_factor as usize - placement.replicas.len();
+                for node in layout.place(missing, &placement.replicas) {
+                    let command = MetaCommand::AddReplica {
+                        collection: placement.spec.name.clone(),
+                        node,
+                    };
+                    match control::propose_meta(&self.inner.meta, command).await {
+                        Ok(_) => {
+                            tracing::info!(collection = %placement.spec.name, node, "new replica placed")
+                        }
+                        Err(e) => {
+                            tracing::warn!(collection = %placement.spec.name, node, error = %e, "cannot place a replica")
+                        }
+                    }
+                }
+            }
+            if self.inner.repairs.lock().insert(placement.group) {
+                let cluster = self.clone();
+                let placement = placement.clone();
+                let addresses = layout.nodes.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = cluster.sync_group_members(&placement, &addresses).await {
+                        tracing::warn!(group = placement.group, collection = %placement.spec.name, error = %e, "replica membership repair failed; retrying");
+                    }
+                    cluster.inner.repairs.lock().remove(&placement.group);
+                });
+            }
+        }
+    }
+
+    async fn repair_meta_membership(&self, layout: &ClusterState) -> Result<()> {
+        let _one = self.inner.meta_membership.lock().await;
+        let meta = &self.inner.meta;
+        let view = control::view(meta);
+        for (id, node) in &layout.nodes {
+            if !view.is_member(*id) {
+                control::add_learner(meta, META_GROUP, *id, &node.address, false).await?;
+            }
+        }
+        for id in view.voters.iter().chain(&view.learners) {
+            if !layout.nodes.contains_key(id) && *id != self.inner.id {
+                control::remove_member(meta, META_GROUP, *id).await?;
+                tracing::info!(node = id, "removed from the meta group");
+            }
+        }
+        let view = control::view(meta);
+        let wanted = self.inner.settings.meta_voters;
+        if view.voters.len() < wanted {
+            // Only learners that have caught up, so a dead one never joins the quorum.
+            let caught_up: BTreeSet<NodeId> = view
+                .learners
+                .iter()
+                .filter(|id| layout.nodes.contains_key(id))
+                .filter(|id| view.matched.get(id).copied().unwrap_or(0) >= view.last_log_index)
+                .take(wanted - view.voters.len())
+                .copied()
+                .collect();
+            if !caught_up.is_empty() {
+                control::promote(meta, META_GROUP, caught_up.clone()).await?;
+                tracing::info!(nodes = ?caught_up, "promoted to meta group voters");
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the group's Raft membership to the layout's replicas: adds the missing ones
+    /// (learner, caught up, voter) and removes the others.
+    async fn sync_group_members(
+        &self,
+        placement: &Placement,
+        addresses: &BTreeMap<NodeId, shoal_raft::meta::NodeRecord>,
+    ) -> Result<()> {
+        let Some(view) = self.group_membership(placement).await else {
+            return Ok(()); // not initialized yet, or no replica answered
+        };
+        let group = placement.group;
+        for node in &placement.replicas {
+            if view.voters.contains(node) {
+                continue;
+            }
+            let Some(record) = addresses.get(node) else {
+                continue;
+            };
+            tracing::info!(group, node, "adding a replica to its group");
+            self.change_replicas(internal::ChangeReplicasRequest {
+                group,
+                add_node: *node,
+                add_address: record.address.clone(),
+                ..Default::default()
+            })
+            .await?;
+            tracing::info!(group, node, "replica added and voting");
+        }
+        for node in view.voters.iter().chain(&view.learners) {
+            if !placement.replicas.contains(node) {
+                self.change_replicas(internal::ChangeReplicasRequest {
+                    group,
+                    remove_node: *node,
+                    ..Default::default()
+                })
+                .await?;
+                tracing::info!(group, node, "replica removed from its group");
+            }
+        }
+        Ok(())
+    }
+
+    /// The group's members, as a replica reports them (its leader's view if one answers).
+    async fn group_membership(&self, placement: &Placement) -> Option<internal::LocalGroup> {
+        let statuses = self.node_statuses(&placement.replicas).await;
+        let mut reports: Vec<internal::LocalGroup> = statuses
+            .into_values()
+            .flatten()
+            .flat_map(|s| s.groups)
+            .filter(|g| {
+                g.group == placement.group && !(g.voters.is_empty() && g.learners.is_empty())
+            })
+            .collect();
+        reports.sort_by_key(|g| (g.state != "leader", std::cmp::Reverse(g.term)));
+        reports.into_iter().next()
+    }
+
+    /// Adds or removes a group member: here if this node leads the group, else forwarded
+    /// towards its leader.
+    pub async fn change_replicas(&self, request: internal::ChangeReplicasRequest) -> Result<()> {
+        let group = request.group;
+        let placement = self
+            .layout()
+            .collection_of(group)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("raft group {group} does not exist")))?;
+        if let Some(local) = self.local_group(group) {
+            if local.view().leader == Some(self.inner.id) {
+                return if request.add_node != 0 {
+                    control::add_voter(&local.raft, group, request.add_node, &request.add_address)
+                        .await
+                } else {
+                    control::remove_member(&local.raft, group, request.remove_node).await
+                };
+            }
+        }
+        if request.hops >= MAX_HOPS {
+            return Err(no_leader(&placement.spec.name));
+        }
+        let targets = self.addresses(&self.candidates(&placement, Want::Leader));
+        let mut last = no_leader(&placement.spec.name);
+        for addr in targets {
+            let mut client = NodeServiceClient::new(self.channel(&addr)?);
+            let mut call = tonic::Request::new(internal::ChangeReplicasRequest {
+                hops: request.hops + 1,
+                ..request.clone()
+            });
+            call.set_timeout(self.forward_timeout().max(Duration::from_secs(600)));
+            match client.change_replicas(call).await {
+                Ok(_) => return Ok(()),
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    last = Error::new(ErrorCode::Unavailable, status.message().to_owned());
+                }
+                Err(status) => return Err(error_from_status(&status)),
+            }
+        }
+        Err(last)
+    }
+
+    /// Each node's answer to `NodeStatus` (this node's own without a call); `None` for a node
+    /// that did not answer in time.
+    pub async fn node_statuses(
+        &self,
+        nodes: &[NodeId],
+    ) -> BTreeMap<NodeId, Option<internal::NodeStatusResponse>> {
+        let layout = self.layout();
+        let mut calls = tokio::task::JoinSet::new();
+        let mut statuses = BTreeMap::new();
+        for node in nodes {
+            if *node == self.inner.id {
+                statuses.insert(*node, Some(self.node_status()));
+                continue;
+            }
+            let Some(addr) = layout.address(*node) else {
+                statuses.insert(*node, None);
+                continue;
+            };
+            let channel = self.channel(addr);
+            let node = *node;
+            calls.spawn(async move {
+                let Ok(channel) = channel else {
+                    return (node, None);
+                };
+                let mut call = tonic::Request::new(internal::NodeStatusRequest {});
+                call.set_timeout(STATUS_TIMEOUT);
+                let reply = tokio::time::timeout(
+                    STATUS_TIMEOUT,
+                    NodeServiceClient::new(channel).node_status(call),
+                )
+                .await;
+                (
+                    node,
+                    reply.ok().and_then(|r| r.ok()).map(|r| r.into_inner()),
+                )
+            });
+        }
+        while let Some(joined) = calls.join_next().await {
+            if let Ok((node, status)) = joined {
+                statuses.insert(node, status);
+            }
+        }
+        statuses
+    }
+
+    /// This node's groups as it sees them.
+    pub fn node_status(&self) -> internal::NodeStatusResponse {
+        let mut groups = vec![local_group(META_GROUP, &control::view(&self.inner.meta))];
+        let mut local = self.local_groups();
+        local.sort_by_key(|l| l.group);
+        groups.extend(local.iter().map(|l| local_group(l.group, &l.view())));
+        internal::NodeStatusResponse {
+            node_id: self.inner.id,
+            groups,
+        }
+    }
+
+    /// The meta group's leader and its address, if one is known.
+    pub fn meta_leader(&self) -> Option<(NodeId, String)> {
+        let view = control::view(&self.inner.meta);
+        let leader = view.leader?;
+        let addr = view.addresses.get(&leader)?.clone();
+        Some((leader, addr))
+    }
+
+    /// The meta leader's address when another node leads; `None` when this node does.
+    pub fn meta_leader_elsewhere(&self) -> Result<Option<String>> {
+        match self.meta_leader() {
+            Some((id, _)) if id == self.inner.id => Ok(None),
+            Some((_, addr)) => Ok(Some(addr)),
+            None => Err(Error::new(
+                ErrorCode::Unavailable,
+                "the cluster's meta group has no leader (is a majority of its voters up?)",
+            )),
+        }
+    }
+
+    pub async fn meta_read_index(&self) -> Result<u64> {
+        control::read_index(&self.inner.meta, META_GROUP).await
+    }
+
+    /// Waits until this node's layout includes every change committed before the call.
+    async fn sync_layout(&self) -> Result<()> {
+        let index = match self.meta_leader_elsewhere()? {
+            None => self.meta_read_index().await?,
+            Some(addr) => {
+                let mut call = tonic::Request::new(internal::MetaReadIndexRequest {});
+                call.set_timeout(STATUS_TIMEOUT * 5);
+                NodeServiceClient::new(self.channel(&addr)?)
+                    .meta_read_index(call)
+                    .await
+                    .map_err(|s| error_from_status(&s))?
+                    .into_inner()
+                    .index
+            }
+        };
+        control::wait_applied(&self.inner.meta, META_GROUP, index, STATUS_TIMEOUT * 5).await
+    }
+
+    /// The placement of collection `name`, catching up with the meta leader once if this
+    /// node does not know it (it may have been created a moment ago through another node).
+    pub async fn placement(&self, name: &str) -> Result<Placement> {
+        if let Some(p) = self.layout().collections.get(name) {
+            return Ok(p.clone());
+        }
+        self.sync_layout().await?;
+        self.layout()
+            .collections
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::unknown_collection(name))
+    }
+
+    /// Where a request for collection `name` runs.
+    pub async fn route(&self, name: &str, want: Want) -> Result<(Placement, Target)> {
+        let placement = self.placement(name).await?;
+        if let Some(local) = self.local_group(placement.group) {
+            let here = match want {
+                Want::Any => true,
+                Want::Leader => local.view().leader == Some(self.inner.id),
+            };
+            if here {
+                return Ok((placement, Target::Local(local)));
+            }
+        }
+        let addresses = self.addresses(&self.candidates(&placement, want));
+        if addresses.is_empty() {
+            return Err(no_leader(name));
+        }
+        Ok((placement, Target::Remote(addresses)))
+    }
+
+    /// Nodes to send a request for `placement` to, best first: the leader this node knows
+    /// of, then the other replicas (each forwards to its leader).
+    fn candidates(&self, placement: &Placement, want: Want) -> Vec<NodeId> {
+        let mut nodes = Vec::new();
+        if want == Want::Leader {
+            if let Some(leader) = self
+                .local_group(placement.group)
+                .and_then(|l| l.view().leader)
+            {
+                nodes.push(leader);
+            }
+        }
+        nodes.extend(placement.replicas.iter().copied());
+        let mut seen = HashSet::new();
+        nodes.retain(|n| *n != self.inner.id && seen.insert(*n));
+        nodes
+    }
+
+    fn addresses(&self, nodes: &[NodeId]) -> Vec<String> {
+        let layout = self.layout();
+        nodes
+            .iter()
+            .filter_map(|n| layout.address(*n).map(str::to_owned))
+            .collect()
+    }
+
+    /// A lazily connected channel to the node at `addr`, shared by every request to it.
+    pub fn channel(&self, addr: &str) -> Result<Channel> {
+        let mut channels = self.inner.channels.lock();
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Error::invalid(format!("bad node address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .local_address(self.inner.settings.source_ip)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Sends a request to the first of `targets` that answers, as hop `hops + 1`. A node that
+    /// cannot be reached (UNAVAILABLE) is skipped; any other answer is returned.
+    pub async fn forward<Req, Resp, F, Fut>(
+        &self,
+        targets: &[String],
+        hops: u32,
+        request: &Req,
+        call: F,
+    ) -> std::result::Result<tonic::Response<Resp>, tonic::Status>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        if hops >= MAX_HOPS {
+            return Err(tonic::Status::unavailable(format!(
+                "request forwarded {hops} times without reaching a node that can answer it; \
+                 the group is probably electing a leader, retry"
+            )));
+        }
+        let mut last = tonic::Status::unavailable("no node to forward the request to");
+        for addr in targets {
+            let channel = self.channel(addr).map_err(shoal_proto::status_from_error)?;
+            let mut wire = tonic::Request::new(request.clone());
+            wire.set_timeout(self.forward_timeout());
+            if let Ok(value) = (hops + 1).to_string().parse() {
+                wire.metadata_mut().insert(HOPS, value);
+            }
+            match call(channel, wire).await {
+                Err(status) if status.code() == tonic::Code::Unavailable => last = status,
+                answer => return answer,
+            }
+        }
+        Err(last)
+    }
+
+    /// Validates and places a new collection and records it in the meta group (which this
+    /// node must lead); returns its group.
+    pub async fn create_collection(&self, spec: CollectionSpec, replicas: u32) -> Result<GroupId> {
+        spec.validate(&self.inner.limits)?;
+        self.inner.env.factory.validate(&spec)?;
+        let replicas = if replicas == 0 { 1 } else { replicas };
+        if replicas > MAX_REPLICAS {
+            return Err(Error::invalid(format!(
+                "replicas must be between 1 and {MAX_REPLICAS}, got {replicas}"
+            )));
+        }
+        let layout = self.layout();
+        if layout.collections.contains_key(&spec.name) {
+            return Err(Error::new(
+                ErrorCode::AlreadyExists,
+                format!("collection {:?} already exists", spec.name),
+            ));
+        }
+        let nodes = layout.place(replicas as usize, &[]);
+        if nodes.len() < replicas as usize {
+            tracing::warn!(
+                collection = %spec.name,
+                replicas,
+                nodes = nodes.len(),
+                "fewer nodes than replicas: the collection gains its other replicas as nodes join"
+            );
+        }
+        let outcome = control::propose_meta(
+            &self.inner.meta,
+            MetaCommand::CreateCollection {
+                spec,
+                replication_factor: replicas,
+                replicas: nodes,
+            },
+        )
+        .await?;
+        match outcome {
+            MetaOutcome::Created { group } => Ok(group),
+            MetaOutcome::Done => Err(Error::internal("the meta group created no group")),
+        }
+    }
+
+    pub async fn drop_collection(&self, name: String) -> Result<()> {
+        control::propose_meta(&self.inner.meta, MetaCommand::DropCollection { name }).await?;
+        Ok(())
+    }
+
+    /// Admits node `id` at `address` (this node leads the meta group): records it, adds it
+    /// to the meta group as a learner and waits until it caught up, then makes it a voter
+    /// while the meta group has fewer than `meta_voters`.
+    pub async fn join(&self, id: NodeId, address: String) -> Result<()> {
+        if id == 0 {
+            return Err(Error::invalid("node id must be positive"));
+        }
+        if let Some(known) = self.layout().nodes.get(&id) {
+            if known.address != address {
+                return Err(Error::new(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "node id {id} is already taken by the node at {}; give this node \
+                         another cluster.node_id",
+                        known.address
+                    ),
+                ));
+            }
+        }
+        let meta = &self.inner.meta;
+        let _one = self.inner.meta_membership.lock().await;
+        control::propose_meta(
+            meta,
+            MetaCommand::AddNode {
+                id,
+                address: address.clone(),
+            },
+        )
+        .await?;
+        control::add_learner(meta, META_GROUP, id, &address, true).await?;
+        let view = control::view(meta);
+        if !view.voters.contains(&id) && view.voters.len() < self.inner.settings.meta_voters {
+            control::promote(meta, META_GROUP, BTreeSet::from([id])).await?;
+        }
+        tracing::info!(node = id, %address, "node joined the cluster");
+        Ok(())
+    }
+
+    /// Removes node `id` (this node leads the meta group). Without `force`, refuses when a
+    /// collection would be left without a replica or a group without a live majority.
+    pub async fn remove_node(&self, id: NodeId, force: bool) -> Result<Vec<String>> {
+        let layout = self.layout();
+        if !layout.nodes.contains_key(&id) {
+            return Err(Error::not_found(format!(
+                "node {id} is not a member of the cluster"
+            )));
+        }
+        let affected: Vec<&Placement> = layout
+            .collections
+            .values()
+            .filter(|p| p.replicas.contains(&id))
+            .collect();
+        if !force {
+            if id == self.inner.id {
+                return Err(Error::new(
+                    ErrorCode::FailedPrecondition,
+                    format!(
+                        "node {id} leads the meta group; stop it so that another node takes \
+                         over, then remove it (or pass --force)"
+                    ),
+                ));
+            }
+            let nodes: Vec<NodeId> = layout.nodes.keys().copied().collect();
+            let live: BTreeSet<NodeId> = self
+                .node_statuses(&nodes)
+                .await
+                .into_iter()
+                .filter(|(_, s)| s.is_some())
+                .map(|(n, _)| n)
+                .collect();
+            for placement in &affected {
+                let rest: Vec<NodeId> = placement
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|n| *n != id)
+                    .collect();
+                if rest.is_empty() {
+                    return Err(Error::new(
+                        ErrorCode::FailedPrecondition,
+                        format!(
+                            "node {id} holds the only replica of collection {:?}; removing it \
+                             loses the collection's data (pass --force to remove it anyway)",
+                            placement.spec.name
+                        ),
+                    ));
+                }
+                check_majority(
+                    &format!("collection {:?}", placement.spec.name),
+                    id,
+                    &rest,
+                    &live,
+                )?;
+            }
+            let meta = control::view(&self.inner.meta);
+            if meta.voters.contains(&id) {
+                let rest: Vec<NodeId> = meta.voters.iter().copied().filter(|n| *n != id).collect();
+                check_majority("the meta group", id, &rest, &live)?;
+            }
+        }
+        let _one = self.inner.meta_membership.lock().await;
+        control::propose_meta(&self.inner.meta, MetaCommand::RemoveNode { id }).await?;
+        if id != self.inner.id {
+            control::remove_member(&self.inner.meta, META_GROUP, id).await?;
+        }
+        tracing::info!(node = id, force, "node removed from the cluster");
+        Ok(affected.iter().map(|p| p.spec.name.clone()).collect())
+    }
+
+    /// Stops every local group.
+    pub async fn shutdown(&self) -> Result<()> {
+        let groups: Vec<GroupId> = self.inner.local.read().keys().copied().collect();
+        for group in groups {
+            self.close_group(group).await?;
+        }
+        self.inner.raft.shutdown().await
+    }
+
+    pub fn shards(&self) -> Vec<Arc<Shard>> {
+        self.local_groups()
+            .iter()
+            .map(|l| l.shard.clone())
+            .collect()
+    }
+}
+
+fn check_majority(
+    what: &str,
+    removed: NodeId,
+    rest: &[NodeId],
+    live: &BTreeSet<NodeId>,
+) -> Result<()> {
+    let up = rest.iter().filter(|n| live.contains(n)).count();
+    let majority = rest.len() / 2 + 1;
+    if up < majority {
+        return Err(Error::new(
+            ErrorCode::FailedPrecondition,
+            format!(
+                "removing node {removed} would leave {what} with {up} live of {} members, short \
+                 of the {majority} a majority needs; bring nodes back first (or pass --force)",
+                rest.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn local_group(group: GroupId, view: &GroupView) -> internal::LocalGroup {
+    internal::LocalGroup {
+        group,
+        state: view.state.to_owned(),
+        term: view.term,
+        leader: view.leader.unwrap_or(0),
+        last_log_index: view.last_log_index,
+        committed_index: view.applied_index,
+        applied_index: view.applied_index,
+        matched: view.matched.clone().into_iter().collect(),
+        voters: view.voters.iter().copied().collect(),
+        learners: view.learners.iter().copied().collect(),
+    }
+}
+
+fn no_leader(collection: &str) -> Error {
+    Error::new(
+        ErrorCode::Unavailable,
+        format!("no replica of collection {collection:?} can take the request now (no leader is known); retry"),
+    )
+}
+
+/// A peer's gRPC status as a domain error, keeping its class.
+pub fn error_from_status(status: &tonic::Status) -> Error {
+    let code = match status.code() {
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ErrorCode::InvalidArgument,
+        tonic::Code::NotFound => ErrorCode::NotFound,
+        tonic::Code::AlreadyExists => ErrorCode::AlreadyExists,
+        tonic::Code::FailedPrecondition => ErrorCode::FailedPrecondition,
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    };
+    Error::new(code, status.message().to_owned())
+}

@@ -1,0 +1,253 @@
+//! The cluster services: the public `ClusterService` (status, nodes, removal) and the
+//! internal `NodeService` that nodes call on each other (join, status, replica changes, the
+//! meta read index). Requests that only the meta leader may answer are forwarded to it.
+
+use std::collections::BTreeMap;
+
+use shoal_proto::internal::v1 as internal;
+use shoal_proto::internal::v1::node_service_client::NodeServiceClient;
+use shoal_proto::internal::v1::node_service_server::NodeService;
+use shoal_proto::status_from_error;
+use shoal_proto::v1::cluster_service_client::ClusterServiceClient;
+use shoal_proto::v1::cluster_service_server::ClusterService;
+use shoal_proto::v1::{self};
+use shoal_raft::META_GROUP;
+use tonic::{Request, Response, Status};
+
+use crate::cluster::Cluster;
+use crate::grpc::hops;
+
+#[derive(Clone)]
+pub struct ClusterApi {
+    cluster: Cluster,
+}
+
+impl ClusterApi {
+    pub fn new(cluster: Cluster) -> Self {
+        Self { cluster }
+    }
+
+    fn meta_leader_elsewhere(&self) -> Result<Option<String>, Status> {
+        self.cluster
+            .meta_leader_elsewhere()
+            .map_err(status_from_error)
+    }
+
+    /// Every node with its meta role; `reachable` filled from `statuses` when given.
+    fn nodes(
+        &self,
+        statuses: Option<&BTreeMap<u64, Option<internal::NodeStatusResponse>>>,
+    ) -> Vec<v1::NodeInfo> {
+        let layout = self.cluster.layout();
+        let meta = self.cluster.node_status();
+        let meta_group = meta.groups.iter().find(|g| g.group == META_GROUP);
+        layout
+            .nodes
+            .iter()
+            .map(|(id, node)| {
+                let role = match meta_group {
+                    Some(g) if g.voters.contains(id) => "voter",
+                    Some(g) if g.learners.contains(id) => "learner",
+                    _ => "none",
+                };
+                v1::NodeInfo {
+                    id: *id,
+                    address: node.address.clone(),
+                    meta_role: role.to_owned(),
+                    reachable: statuses
+                        .and_then(|s| s.get(id))
+                        .is_some_and(Option::is_some),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A group's status from every replica's report: the leader is the replica that says it
+/// leads in the highest term; lag is measured from the leader's last log index.
+fn group_status(
+    group: u64,
+    collection: String,
+    members: &[u64],
+    statuses: &BTreeMap<u64, Option<internal::NodeStatusResponse>>,
+) -> v1::GroupStatus {
+    let reports: BTreeMap<u64, &internal::LocalGroup> = members
+        .iter()
+        .filter_map(|node| {
+            let status = statuses.get(node)?.as_ref()?;
+            let local = status.groups.iter().find(|g| g.group == group)?;
+            Some((*node, local))
+        })
+        .collect();
+    let leader = reports
+        .iter()
+        .filter(|(_, g)| g.state == "leader")
+        .max_by_key(|(_, g)| g.term)
+        .map(|(node, g)| (*node, *g));
+    let head = leader.map_or(0, |(_, g)| g.last_log_index);
+    let replicas = members
+        .iter()
+        .map(|node| match reports.get(node) {
+            Some(g) => v1::ReplicaStatus {
+                node_id: *node,
+                state: g.state.clone(),
+                term: g.term,
+                last_log_index: g.last_log_index,
+                committed_index: g.committed_index,
+                applied_index: g.applied_index,
+                lag: head.saturating_sub(g.applied_index),
+            },
+            None => v1::ReplicaStatus {
+                node_id: *node,
+                state: "unreachable".to_owned(),
+                ..Default::default()
+            },
+        })
+        .collect();
+    v1::GroupStatus {
+        group,
+        collection,
+        leader: leader.map_or(0, |(node, _)| node),
+        term: leader.map_or_else(
+            || reports.values().map(|g| g.term).max().unwrap_or(0),
+            |(_, g)| g.term,
+        ),
+        replicas,
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for ClusterApi {
+    async fn cluster_status(
+        &self,
+        _request: Request<v1::ClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        let layout = self.cluster.layout();
+        let nodes: Vec<u64> = layout.nodes.keys().copied().collect();
+        let statuses = self.cluster.node_statuses(&nodes).await;
+        let meta_members: Vec<u64> = {
+            let local = self.cluster.node_status();
+            let mut members: Vec<u64> = local
+                .groups
+                .iter()
+                .find(|g| g.group == META_GROUP)
+                .map(|g| g.voters.iter().chain(&g.learners).copied().collect())
+                .unwrap_or_default();
+            members.sort_unstable();
+            members
+        };
+        let mut groups = vec![group_status(
+            META_GROUP,
+            String::new(),
+            &meta_members,
+            &statuses,
+        )];
+        groups.extend(
+            layout
+                .collections
+                .values()
+                .map(|p| group_status(p.group, p.spec.name.clone(), &p.replicas, &statuses)),
+        );
+        Ok(Response::new(v1::ClusterStatusResponse {
+            node_id: self.cluster.id(),
+            nodes: self.nodes(Some(&statuses)),
+            groups,
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<v1::ListNodesRequest>,
+    ) -> Result<Response<v1::ListNodesResponse>, Status> {
+        let layout = self.cluster.layout();
+        let nodes: Vec<u64> = layout.nodes.keys().copied().collect();
+        let statuses = self.cluster.node_statuses(&nodes).await;
+        Ok(Response::new(v1::ListNodesResponse {
+            nodes: self.nodes(Some(&statuses)),
+        }))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<v1::RemoveNodeRequest>,
+    ) -> Result<Response<v1::RemoveNodeResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        if let Some(leader) = self.meta_leader_elsewhere()? {
+            return self
+                .cluster
+                .forward(&[leader], hops, &req, |ch, r| async move {
+                    ClusterServiceClient::new(ch).remove_node(r).await
+                })
+                .await;
+        }
+        let collections = self
+            .cluster
+            .remove_node(req.id, req.force)
+            .await
+            .map_err(status_from_error)?;
+        Ok(Response::new(v1::RemoveNodeResponse { collections }))
+    }
+}
+
+#[tonic::async_trait]
+impl NodeService for ClusterApi {
+    async fn join(
+        &self,
+        request: Request<internal::JoinRequest>,
+    ) -> Result<Response<internal::JoinResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        if let Some(leader) = self.meta_leader_elsewhere()? {
+            return self
+                .cluster
+                .forward(&[leader], hops, &req, |ch, r| async move {
+                    NodeServiceClient::new(ch).join(r).await
+                })
+                .await;
+        }
+        self.cluster
+            .join(req.node_id, req.address)
+            .await
+            .map_err(status_from_error)?;
+        Ok(Response::new(internal::JoinResponse {
+            leader: self.cluster.id(),
+        }))
+    }
+
+    async fn node_status(
+        &self,
+        _request: Request<internal::NodeStatusRequest>,
+    ) -> Result<Response<internal::NodeStatusResponse>, Status> {
+        Ok(Response::new(self.cluster.node_status()))
+    }
+
+    async fn change_replicas(
+        &self,
+        request: Request<internal::ChangeReplicasRequest>,
+    ) -> Result<Response<internal::ChangeReplicasResponse>, Status> {
+        let req = request.into_inner();
+        if (req.add_node == 0) == (req.remove_node == 0) {
+            return Err(Status::invalid_argument(
+                "exactly one of add_node and remove_node must be set",
+            ));
+        }
+        self.cluster
+            .change_replicas(req)
+            .await
+            .map_err(status_from_error)?;
+        Ok(Response::new(internal::ChangeReplicasResponse {}))
+    }
+
+    async fn meta_read_index(
+        &self,
+        _request: Request<internal::MetaReadIndexRequest>,
+    ) -> Result<Response<internal::MetaReadIndexResponse>, Status> {
+        let index = self
+            .cluster
+            .meta_read_index()
+            .await
+            .map_err(status_from_error)?;
+        Ok(Response::new(internal::MetaReadIndexResponse { index }))
+    }
+}

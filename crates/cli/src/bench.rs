@@ -27,7 +27,7 @@ use tonic::Code;
 
 use crate::client::Clients;
 use crate::commands::collection::{create_request, describe, parse_param};
-use crate::commands::points::upsert_matrix;
+use crate::commands::points::batch_len;
 use crate::commands::search::SearchParamsArgs;
 use crate::consistency::{Consistency, ConsistencyArg};
 use crate::io::{read_npy, Matrix};
@@ -86,6 +86,9 @@ pub struct BenchArgs {
     /// Points per upsert request.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
+    /// Upsert requests in flight at once while loading.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    write_concurrency: u32,
     /// Replicas of the created collection [default: 1].
     #[arg(long, requires = "create", value_parser = clap::value_parser!(u32).range(1..))]
     replicas: Option<u32>,
@@ -97,7 +100,7 @@ pub struct BenchArgs {
 }
 
 pub async fn run(mut clients: Clients, format: Format, args: BenchArgs) -> Result<()> {
-    let base = read_npy(&args.data, args.limit)?;
+    let base = Arc::new(read_npy(&args.data, args.limit)?);
     let (n, dim) = (base.rows(), base.dim);
     ensure!(n > 0, "{}: no base vectors", args.data.display());
 
@@ -123,22 +126,17 @@ pub async fn run(mut clients: Clients, format: Format, args: BenchArgs) -> Resul
         None
     } else {
         let progress = output::progress_bar(format, n as u64, "points");
-        let start = Instant::now();
-        let points = upsert_matrix(
-            &mut clients,
-            &args.collection,
-            &base,
-            0,
-            args.batch_size as usize,
-            &progress,
+        Some(
+            ingest(
+                &clients,
+                &args.collection,
+                Arc::clone(&base),
+                args.batch_size as usize,
+                args.write_concurrency,
+                &progress,
+            )
+            .await?,
         )
-        .await?;
-        let seconds = start.elapsed().as_secs_f64();
-        Some(Ingest {
-            points,
-            seconds,
-            points_per_sec: points as f64 / seconds,
-        })
     };
 
     let wait = Duration::from_secs(args.wait_ready_secs);
@@ -367,18 +365,12 @@ impl Level {
         }
         let seconds = start.elapsed().as_secs_f64();
         let requests = latency_us.len();
-        let ms = |us: f64| us / 1000.0;
         Ok(RunReport {
             concurrency: level.concurrency,
             queries: requests,
             qps: requests as f64 / seconds,
             recall_at_k: recall_sum / requests.max(1) as f64,
-            latency_ms: Latency {
-                p50: ms(latency_us.value_at_quantile(0.50) as f64),
-                p95: ms(latency_us.value_at_quantile(0.95) as f64),
-                p99: ms(latency_us.value_at_quantile(0.99) as f64),
-                mean: ms(latency_us.mean()),
-            },
+            latency_ms: Latency::from_us(&latency_us),
         })
     }
 }
@@ -455,6 +447,73 @@ struct Ingest {
     points: u64,
     seconds: f64,
     points_per_sec: f64,
+    batch_size: usize,
+    concurrency: u32,
+    /// Per upsert request, from send to acknowledgement.
+    latency_ms: Latency,
+}
+
+/// Loads `base` as points `0..n` in batches of `batch_size`, `concurrency` requests in flight,
+/// timing each request.
+async fn ingest(
+    clients: &Clients,
+    collection: &str,
+    base: Arc<Matrix>,
+    batch_size: usize,
+    concurrency: u32,
+    progress: &indicatif::ProgressBar,
+) -> Result<Ingest> {
+    let batch = batch_len(batch_size, base.dim);
+    let batches = base.rows().div_ceil(batch) as u64;
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency {
+        let (mut client, base, next) =
+            (clients.points.clone(), Arc::clone(&base), Arc::clone(&next));
+        let (collection, progress) = (collection.to_owned(), progress.clone());
+        workers.spawn(async move {
+            let mut latency_us = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+            let mut points = 0;
+            loop {
+                let b = next.fetch_add(1, Ordering::Relaxed);
+                if b >= batches {
+                    return anyhow::Ok((points, latency_us));
+                }
+                let rows = (b as usize * batch)..base.rows().min((b as usize + 1) * batch);
+                let request = v1::UpsertRequest {
+                    collection: collection.clone(),
+                    points: rows
+                        .clone()
+                        .map(|i| v1::Point {
+                            id: Some((i as u64).into()),
+                            vector: base.row(i).to_vec(),
+                        })
+                        .collect(),
+                };
+                let sent = Instant::now();
+                points += client.upsert(request).await?.into_inner().upserted;
+                latency_us.record(sent.elapsed().as_micros().max(1) as u64)?;
+                progress.inc(rows.len() as u64);
+            }
+        });
+    }
+    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    let mut points = 0;
+    while let Some(worker) = workers.join_next().await {
+        let (n, latency) = worker??;
+        points += n;
+        latency_us.add(&latency)?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(Ingest {
+        points,
+        seconds,
+        points_per_sec: points as f64 / seconds,
+        batch_size: batch,
+        concurrency,
+        latency_ms: Latency::from_us(&latency_us),
+    })
 }
 
 #[derive(Serialize)]
@@ -474,6 +533,18 @@ struct Latency {
     mean: f64,
 }
 
+impl Latency {
+    fn from_us(us: &Histogram<u64>) -> Self {
+        let ms = |us: f64| us / 1000.0;
+        Self {
+            p50: ms(us.value_at_quantile(0.50) as f64),
+            p95: ms(us.value_at_quantile(0.95) as f64),
+            p99: ms(us.value_at_quantile(0.99) as f64),
+            mean: ms(us.mean()),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Params {
     ef: Option<u32>,
@@ -485,8 +556,15 @@ impl Report for BenchReport {
         let param = |v: Option<u32>| v.map_or("default".to_owned(), |v| v.to_string());
         let ingest = match &self.ingest {
             Some(i) => format!(
-                "{} points in {:.2} s ({:.0} points/s)",
-                i.points, i.seconds, i.points_per_sec
+                "{} points in {:.2} s ({:.0} points/s; {} per request, {} in flight, p50 {:.1} ms, \
+                 p99 {:.1} ms)",
+                i.points,
+                i.seconds,
+                i.points_per_sec,
+                i.batch_size,
+                i.concurrency,
+                i.latency_ms.p50,
+                i.latency_ms.p99
             ),
             None => "skipped".to_owned(),
         };

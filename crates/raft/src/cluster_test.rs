@@ -285,7 +285,7 @@ fn raft_config_is_validated() {
     };
     assert!(heartbeat_too_slow.validate().is_err());
     let empty_range = RaftConfig {
-        election_timeout_max_ms: 1000,
+        election_timeout_max_ms: RaftConfig::default().election_timeout_min_ms,
         ..RaftConfig::default()
     };
     assert!(empty_range.validate().is_err());

@@ -29,7 +29,9 @@ pub struct RaftConfig {
     /// How often a leader sends heartbeats.
     pub heartbeat_interval_ms: u64,
     /// A follower that hears no leader for a random time in
-    /// [`election_timeout_min_ms`, `election_timeout_max_ms`) starts an election.
+    /// [`election_timeout_min_ms`, `election_timeout_max_ms`) starts an election. openraft
+    /// first waits out the leader's lease (`election_timeout_max_ms`), so a dead leader is
+    /// replaced after about `election_timeout_max_ms` plus that random time.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// A snapshot is built once this many entries were applied since the last one.
@@ -49,8 +51,8 @@ impl Default for RaftConfig {
     fn default() -> Self {
         Self {
             heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 1000,
-            election_timeout_max_ms: 2000,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
             snapshot_logs_since_last: 5000,
             logs_kept_after_snapshot: 1000,
             max_payload_entries: 300,

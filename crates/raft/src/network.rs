@@ -38,9 +38,14 @@ use tonic::Code;
 
 use crate::{BasicNode, GroupId, NodeId, TypeConfig};
 
-/// The largest Raft message sent or accepted, in bytes. openraft's snapshot chunks (3 MiB by
-/// default) fit; a batch of entries above it is split (see [`PayloadTooLarge`]).
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// The largest Raft message sent or accepted, in bytes: above any single entry (a command is
+/// at most `limits.max_message_bytes`, 64 MiB by default).
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// An `AppendEntries` of several entries above this size is split (see [`PayloadTooLarge`]):
+/// openraft gives each one a deadline of one heartbeat interval, which a large batch of
+/// vectors would miss on every try.
+pub const APPEND_BUDGET_BYTES: usize = 4 << 20;
 
 /// A node's connections to its peers, shared by all its groups.
 #[derive(Clone)]
@@ -148,6 +153,7 @@ impl PeerClient {
         &self,
         request: &Req,
         option: &RPCOption,
+        max_bytes: usize,
         send: impl FnOnce(RaftServiceClient<Channel>, tonic::Request<Vec<u8>>) -> Fut,
     ) -> Result<Result<Resp, E>, CallError>
     where
@@ -166,6 +172,9 @@ impl PeerClient {
         };
         let payload = postcard::to_allocvec(request)
             .map_err(|e| CallError::Network(NetworkError::new(&e)))?;
+        if payload.len() > max_bytes {
+            return Err(CallError::TooLarge);
+        }
         let mut wire = tonic::Request::new(payload);
         wire.set_timeout(option.hard_ttl());
         let reply = send(client, wire)
@@ -233,8 +242,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let group = self.group;
         let entries = rpc.entries.len() as u64;
+        let budget = if entries > 1 {
+            APPEND_BUDGET_BYTES
+        } else {
+            MAX_MESSAGE_BYTES
+        };
         let reply = self
-            .call(&rpc, &option, |mut client, wire| async move {
+            .call(&rpc, &option, budget, |mut client, wire| async move {
                 let request = wire.map(|payload| pb::AppendEntriesRequest { group, payload });
                 client.append_entries(request).await
             })
@@ -258,10 +272,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     > {
         let group = self.group;
         let reply = self
-            .call(&rpc, &option, |mut client, wire| async move {
-                let request = wire.map(|payload| pb::InstallSnapshotRequest { group, payload });
-                client.install_snapshot(request).await
-            })
+            .call(
+                &rpc,
+                &option,
+                MAX_MESSAGE_BYTES,
+                |mut client, wire| async move {
+                    let request = wire.map(|payload| pb::InstallSnapshotRequest { group, payload });
+                    client.install_snapshot(request).await
+                },
+            )
             .await;
         match reply {
             Ok(Ok(response)) => Ok(response),
@@ -277,10 +296,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let group = self.group;
         let reply = self
-            .call(&rpc, &option, |mut client, wire| async move {
-                let request = wire.map(|payload| pb::VoteRequest { group, payload });
-                client.vote(request).await
-            })
+            .call(
+                &rpc,
+                &option,
+                MAX_MESSAGE_BYTES,
+                |mut client, wire| async move {
+                    let request = wire.map(|payload| pb::VoteRequest { group, payload });
+                    client.vote(request).await
+                },
+            )
             .await;
         match reply {
             Ok(Ok(response)) => Ok(response),

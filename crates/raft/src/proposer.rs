@@ -13,6 +13,21 @@ use crate::{GroupId, NodeId, Raft, Request, Response};
 
 /// Most commands in one log entry.
 const MAX_BATCH: usize = 256;
+/// Most bytes of commands batched into one log entry (a single larger command still makes
+/// its own entry), so that entries replicate within a heartbeat's deadline.
+const MAX_BATCH_BYTES: usize = 2 << 20;
+
+/// About how many bytes `command` takes in a log entry.
+fn approx_bytes(command: &Command) -> usize {
+    match command {
+        Command::Upsert { points, .. } => points
+            .iter()
+            .map(|p| p.vector.len() * 4 + 24)
+            .sum::<usize>(),
+        Command::Delete { ids, .. } => ids.len() * 24,
+        Command::CreateCollection(_) | Command::DropCollection { .. } => 256,
+    }
+}
 
 type Pending = (Command, oneshot::Sender<Result<Outcome>>);
 
@@ -60,8 +75,29 @@ impl Proposer {
 /// Proposes one entry at a time, each carrying every command queued meanwhile: concurrent
 /// writers share an append and its fsync.
 async fn propose(raft: Raft, group: GroupId, shard: Arc<Shard>, mut rx: mpsc::Receiver<Pending>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    // A command received that did not fit the previous entry.
+    let mut carried: Option<Pending> = None;
+    loop {
+        let first = match carried.take() {
+            Some(pending) => pending,
+            None => match rx.recv().await {
+                Some(pending) => pending,
+                None => return,
+            },
+        };
+        let mut bytes = approx_bytes(&first.0);
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            let Ok(next) = rx.try_recv() else { break };
+            let size = approx_bytes(&next.0);
+            if bytes + size > MAX_BATCH_BYTES {
+                carried = Some(next);
+                break;
+            }
+            bytes += size;
+            batch.push(next);
+        }
         let (commands, replies): (Vec<Command>, Vec<_>) = batch.drain(..).unzip();
         let count = commands.len();
         shard.metrics().group_commit_size.observe(count as f64);

@@ -65,9 +65,12 @@ struct Inner {
     shard: Arc<Shard>,
     group: GroupId,
     snapshot_path: PathBuf,
-    /// Held for a whole apply, install or snapshot build, so a snapshot never sees half an
-    /// entry.
+    /// Held for a whole apply or install, and while a snapshot build takes its view, so a
+    /// snapshot never sees half an entry.
     applied: Mutex<Applied>,
+    /// The last log id of the snapshot kept on disk, held while it is replaced: a build that
+    /// finishes after a newer install does not overwrite it.
+    snapshot_file: Mutex<Option<LogId>>,
 }
 
 fn sm_read_error(e: &Error) -> StorageError {
@@ -106,6 +109,7 @@ impl StateMachine {
             group,
             snapshot_path: snapshot_dir.join(format!("raft-group-{group}.snapshot")),
             applied: Mutex::new(applied),
+            snapshot_file: Mutex::new(None),
         };
         let interrupted: Option<String> = store
             .raft_state(group, INSTALLING)
@@ -189,8 +193,12 @@ impl Inner {
     }
 
     fn build_snapshot(&self) -> Result<Snapshot, StorageError> {
+        // Applies wait only while the view is taken; copying the points runs beside them.
         let applied = self.applied.lock();
-        let image = self.shard.export().map_err(|e| sm_read_error(&e))?;
+        let view = self.shard.export_view().map_err(|e| sm_read_error(&e))?;
+        let applied = applied.clone();
+        let mut file = self.snapshot_file.lock();
+        let image = view.image().map_err(|e| sm_read_error(&e))?;
         let data = postcard::to_allocvec(&image).map_err(|e| snapshot_error(None, e))?;
         let millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -205,10 +213,11 @@ impl Inner {
             last_membership: applied.membership.clone(),
             snapshot_id: format!("{}-{position}-{millis}", self.group),
         };
-        // Still under the lock: an install cannot overwrite the file in between, so the
-        // current snapshot is always the newest.
-        self.write_snapshot(&meta, &data)?;
-        drop(applied);
+        if *file <= meta.last_log_id {
+            self.write_snapshot(&meta, &data)?;
+            *file = meta.last_log_id;
+        }
+        drop(file);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -221,9 +230,11 @@ impl Inner {
         let image: ShardImage =
             postcard::from_bytes(data).map_err(|e| snapshot_error(Some(meta), e))?;
         let mut applied = self.applied.lock();
+        let mut file = self.snapshot_file.lock();
         let store = self.shard.store();
         if save {
             self.write_snapshot(meta, data)?;
+            *file = meta.last_log_id;
             let mut batch = store.batch();
             batch
                 .put_raft_state(self.group, INSTALLING, &meta.snapshot_id)

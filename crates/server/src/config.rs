@@ -269,6 +269,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/shoal.example.toml");
+        let config = Config::load(Some(&example), &Overrides::default()).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
     fn defaults_are_loopback_and_valid() {
         let config = Config::load(None, &Overrides::default()).unwrap();
         assert!(config.node.listen.ip().is_loopback());

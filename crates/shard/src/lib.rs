@@ -19,5 +19,6 @@ pub use maintenance::Maintenance;
 pub use metrics::ShardMetrics;
 pub use pool::CpuPool;
 pub use shard::{
-    CollectionDescription, CollectionImage, Outcome, SearchHit, Shard, ShardConfig, ShardImage,
+    CollectionDescription, CollectionImage, ExportView, Outcome, SearchHit, Shard, ShardConfig,
+    ShardImage,
 };

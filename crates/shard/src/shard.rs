@@ -9,7 +9,7 @@ use shoal_index::{
     CollectionIndex, IndexFactory, IndexState, MaintenanceJob, SegmentConfig, SegmentMeta,
     SegmentOrigin, SegmentSummary, VectorSource,
 };
-use shoal_storage::Store;
+use shoal_storage::{Store, View};
 use shoal_types::{
     validate_ids, CollectionSpec, Command, Error, ErrorCode, Limits, Point, PointId, Result,
     SearchParams,
@@ -88,6 +88,47 @@ pub struct CollectionDescription {
     pub index_state: IndexState,
     pub disk_bytes: u64,
     pub memory_bytes: u64,
+}
+
+/// A shard's state at one point, for [`ShardImage`]s (see [`Shard::export_view`]).
+pub struct ExportView<'a> {
+    view: View<'a>,
+    collections: Vec<Arc<Collection>>,
+    sequence: u64,
+}
+
+impl ExportView<'_> {
+    /// The sequence number of the last command the view includes.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// Copies every collection's spec and live points as of the view.
+    pub fn image(self) -> Result<ShardImage> {
+        let collections = self
+            .collections
+            .iter()
+            .map(|coll| {
+                let points = self
+                    .view
+                    .rows_from(coll.id, 0)?
+                    .into_iter()
+                    .map(|r| Point {
+                        id: r.id,
+                        vector: r.vector,
+                    })
+                    .collect();
+                Ok(CollectionImage {
+                    spec: coll.index.spec().clone(),
+                    points,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(ShardImage {
+            sequence: self.sequence,
+            collections,
+        })
+    }
 }
 
 /// One replica's state machine over RocksDB and the segmented index.
@@ -367,31 +408,19 @@ impl Shard {
         Ok(Outcome { sequence, affected })
     }
 
-    /// A consistent copy of the whole logical state. No command is applied while it is taken.
+    /// A consistent copy of the whole logical state.
     pub fn export(&self) -> Result<ShardImage> {
+        self.export_view()?.image()
+    }
+
+    /// The state as of now, to be copied with [`ExportView::image`]: taking it blocks
+    /// applies only for an instant (a RocksDB snapshot), the copy none at all.
+    pub fn export_view(&self) -> Result<ExportView<'_>> {
         let _applier = self.apply_lock.lock();
-        let collections: Vec<Arc<Collection>> = self.collections.read().values().cloned().collect();
-        let collections = collections
-            .iter()
-            .map(|coll| {
-                let points = self
-                    .store
-                    .rows_from(coll.id, 0)?
-                    .into_iter()
-                    .map(|r| Point {
-                        id: r.id,
-                        vector: r.vector,
-                    })
-                    .collect();
-                Ok(CollectionImage {
-                    spec: coll.index.spec().clone(),
-                    points,
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(ShardImage {
+        Ok(ExportView {
+            view: self.store.view(),
+            collections: self.collections.read().values().cloned().collect(),
             sequence: self.applied_sequence()?,
-            collections,
         })
     }
 

@@ -18,4 +18,4 @@
 mod keys;
 mod store;
 
-pub use store::{Batch, Store, StoredRow};
+pub use store::{Batch, Store, StoredRow, View};

@@ -179,7 +179,7 @@ pub async fn upsert_matrix(
 }
 
 /// Requested batch size, capped so one request of `dim`-dimensional points fits the limits.
-fn batch_len(batch_size: usize, dim: usize) -> usize {
+pub fn batch_len(batch_size: usize, dim: usize) -> usize {
     let max_points = Limits::default().max_points_per_request.min(batch_size);
     // A point on the wire: its floats plus the id and framing.
     items_per_request(dim * 4 + 32, max_points)

@@ -22,7 +22,7 @@ export SHOAL_GLOVE ?= $(CURDIR)/data/glove-50.npy
 
 CARGO ?= cargo
 
-.PHONY: help setup build data lint test demo bench clean-data
+.PHONY: help setup build data lint test demo bench bench-cluster clean-data
 
 help:
 	@echo "make setup       install missing apt packages (as root), check CPU and Rust"
@@ -32,6 +32,7 @@ help:
 	@echo "make test        setup, build, data, then every test (cargo nextest, else cargo test)"
 	@echo "make demo        setup, build, data, then scripts/demo.sh (node + GloVe benchmark)"
 	@echo "make bench       setup, build, data, then scripts/bench.sh"
+	@echo "make bench-cluster  setup, build, data, then scripts/bench-cluster.sh (3 nodes: R=1 vs R=3, failover, catch-up)"
 	@echo "make clean-data  delete the fetched data sets (data/)"
 
 setup:
@@ -60,6 +61,9 @@ demo: setup build data
 
 bench: setup build data
 	bash scripts/bench.sh
+
+bench-cluster: setup build data
+	bash scripts/bench-cluster.sh
 
 clean-data:
 	rm -rf data

@@ -3,13 +3,12 @@
 //! through the node's shared peer connections) and registers it with the node's
 //! [`RaftServer`](crate::server::RaftServer).
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use openraft::SnapshotPolicy;
 use serde::{Deserialize, Serialize};
 use shoal_shard::Shard;
 use shoal_storage::Store;
@@ -222,57 +221,6 @@ impl RaftNode {
         self.groups.insert(group, raft.clone());
         tracing::info!(node = self.id, group, "raft group started");
         Ok(raft)
-    }
-
-    /// Makes this node, reachable at `addr` (`host:port`), the only voter of `group`, unless
-    /// the group is already initialized (it has a vote, a log or a membership, as after a
-    /// restart): a group is initialized once in its life. True if it initialized it now.
-    pub async fn initialize_alone(
-        &self,
-        raft: &Raft,
-        group: GroupId,
-        addr: String,
-    ) -> Result<bool> {
-        let initialized = raft
-            .is_initialized()
-            .await
-            .map_err(|e| Error::internal(format!("raft group {group}: {e}")))?;
-        if initialized {
-            return Ok(false);
-        }
-        let members = BTreeMap::from([(self.id, BasicNode::new(addr))]);
-        raft.initialize(members)
-            .await
-            .map_err(|e| Error::internal(format!("initializing raft group {group}: {e}")))?;
-        tracing::info!(
-            node = self.id,
-            group,
-            "raft group initialized with this node as its only voter"
-        );
-        Ok(true)
-    }
-
-    /// Waits until this node leads `group`, for at most `timeout`.
-    pub async fn wait_until_leader(
-        &self,
-        raft: &Raft,
-        group: GroupId,
-        timeout: Duration,
-    ) -> Result<()> {
-        let id = self.id;
-        raft.wait(Some(timeout))
-            .metrics(
-                |m| m.state == ServerState::Leader && m.current_leader == Some(id),
-                format!("node {id} leads raft group {group}"),
-            )
-            .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorCode::Unavailable,
-                    format!("node {id} did not become leader of raft group {group}: {e}"),
-                )
-            })?;
-        Ok(())
     }
 
     /// Stops group `group`: peers' requests for it are refused from now on, then its Raft

@@ -1,27 +1,27 @@
 //! Replication wiring: the only crate in Shoal that uses openraft.
 //!
 //! - [`TypeConfig`] fixes openraft's types: nodes are `u64` ids with their gRPC address
-//!   ([`BasicNode`]); a log entry carries a [`Request`], a batch of
-//!   [`Command`]s, and yields one result per command ([`Response`]).
-//! - [`LogStore`] keeps a group's Raft log, vote and committed/purged ids in the
-//!   node's RocksDB (through `shoal-storage`), so one write-ahead log sync makes an append
-//!   durable.
-//! - [`StateMachine`] drives a [`Shard`](shoal_shard::Shard): it applies each
-//!   entry's commands with `Shard::apply` and records the applied log id and membership.
+//!   ([`BasicNode`]); a log entry carries a [`Request`]: a batch of [`Command`]s for a shard
+//!   group, or one [`MetaCommand`] for the meta group; it yields a [`Response`].
+//! - [`LogStore`] keeps a group's Raft log, vote and committed/purged ids in the group's
+//!   RocksDB (through `shoal-storage`), so one write-ahead log sync makes an append durable.
+//! - [`StateMachine`] drives a [`Shard`](shoal_shard::Shard): it applies each entry's commands
+//!   with `Shard::apply` and records the applied log id and membership.
+//! - [`MetaStateMachine`] holds the cluster's layout ([`ClusterState`]: nodes, collections,
+//!   placement) and publishes every change.
 //! - [`network`] carries openraft's RPCs to peers over the internal gRPC service
 //!   (`shoal.internal.v1.RaftService`), one connection per peer shared by all groups;
 //!   [`RaftServer`] receives them and routes each to its group.
-//! - [`RaftNode`] starts and stops a node's groups ([`RaftConfig`] holds their settings) and
-//!   bootstraps a group with the node as its only voter.
+//! - [`RaftNode`] starts and stops a node's groups on the Raft runtime ([`RaftConfig`] holds
+//!   their settings); [`control`] operates them (views, membership changes, read index, meta
+//!   proposals) without exposing openraft's types.
 //! - [`Proposer`] is the write path: it checks a command, proposes it and answers once its
 //!   entry is committed and applied.
 //!
-//! Every group on a node shares one RocksDB; keys carry the group id.
-//!
-//! This crate must not use RocksDB or FAISS directly (it reaches them through `shoal-storage`
-//! and the shard's `IndexFactory`), nor depend on the binaries (`shoal-server`, `shoal-cli`).
-//! The server binary runs one group (group 0, over its shard) with itself as the only voter;
-//! joining other nodes and forwarding writes to the leader come later (ADR 0005, step 2).
+//! Each collection replica has its own RocksDB (its log, applied position and data); the meta
+//! group has another. This crate must not use RocksDB or FAISS directly (it reaches them
+//! through `shoal-storage` and the shard's `IndexFactory`), nor depend on the binaries
+//! (`shoal-server`, `shoal-cli`).
 
 #![allow(
     clippy::result_large_err,

@@ -179,6 +179,9 @@ impl Cluster {
             .is_initialized()
             .await
             .map_err(|e| Error::internal(format!("the meta group: {e}")))?;
+        if !initialized {
+            self.refuse_orphan_replicas()?;
+        }
         match (&inner.settings.join, initialized) {
             (None, false) => {
                 let members = BTreeMap::from([(inner.id, inner.address.clone())]);
@@ -219,6 +222,30 @@ impl Cluster {
                 format!(
                     "node {} is not in the cluster's layout after {} s",
                     inner.id, inner.settings.leader_wait_secs
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A node without cluster state must not hold replicas: the reconcile loop would delete
+    /// every one the new layout does not name (all of them). This happens when `meta/` was
+    /// deleted or lost while `groups/` was kept.
+    fn refuse_orphan_replicas(&self) -> Result<()> {
+        let dir = self.inner.env.data_dir.join("groups");
+        let held = std::fs::read_dir(&dir)
+            .map_err(|e| Error::internal(format!("listing {}: {e}", dir.display())))?
+            .flatten()
+            .count();
+        if held > 0 {
+            return Err(Error::new(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "{} holds {held} collection replica(s) but {} has no cluster state; refusing \
+                     to bootstrap or join, which would delete them. Restore the meta directory, \
+                     or move groups/ away to start this node empty",
+                    dir.display(),
+                    self.inner.env.data_dir.join("meta").display()
                 ),
             ));
         }

@@ -114,12 +114,6 @@ pub async fn promote(raft: &Raft, group: GroupId, nodes: BTreeSet<NodeId>) -> Re
     Ok(())
 }
 
-/// Adds `node` as a voter: a learner first, caught up, then a voter.
-pub async fn add_voter(raft: &Raft, group: GroupId, node: NodeId, addr: &str) -> Result<()> {
-    add_learner(raft, group, node, addr, true).await?;
-    promote(raft, group, BTreeSet::from([node])).await
-}
-
 /// Removes `node` from the group this node leads, whether voter or learner. A no-op for a
 /// node that is not a member.
 pub async fn remove_member(raft: &Raft, group: GroupId, node: NodeId) -> Result<()> {

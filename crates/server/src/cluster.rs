@@ -629,7 +629,7 @@ impl Cluster {
         if let Some(local) = self.local_group(group) {
             if local.view().leader == Some(self.inner.id) {
                 return if request.add_node != 0 {
-                    control::add_voter(&local.raft, group, request.add_node, &request.add_address)
+                    self.add_replica(&local, request.add_node, &request.add_address)
                         .await
                 } else {
                     control::remove_member(&local.raft, group, request.remove_node).await
@@ -657,6 +657,37 @@ impl Cluster {
             }
         }
         Err(last)
+    }
+
+    /// Adds `node` to the group this node leads: as a learner, which catches up from the log
+    /// or a snapshot; then, once the node reports it has applied what the leader had
+    /// committed when it caught up (a snapshot is installed, not only received), as a voter.
+    async fn add_replica(&self, local: &LocalGroup, node: NodeId, address: &str) -> Result<()> {
+        let group = local.group;
+        control::add_learner(&local.raft, group, node, address, true).await?;
+        let target = local.view().applied_index;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let applied = self
+                .node_statuses(&[node])
+                .await
+                .into_values()
+                .flatten()
+                .flat_map(|s| s.groups)
+                .find(|g| g.group == group)
+                .map_or(0, |g| g.applied_index);
+            if applied >= target {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::new(
+                    ErrorCode::Unavailable,
+                    format!("node {node} did not catch up with raft group {group} in time"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        control::promote(&local.raft, group, BTreeSet::from([node])).await
     }
 
     /// Each node's answer to `NodeStatus` (this node's own without a call); `None` for a node

@@ -639,7 +639,7 @@ impl Cluster {
         if request.hops >= MAX_HOPS {
             return Err(no_leader(&placement.spec.name));
         }
-        let targets = self.addresses(&self.candidates(&placement, Want::Leader));
+        let targets = self.targets(&placement, Want::Leader);
         let mut last = no_leader(&placement.spec.name);
         for addr in targets {
             let mut client = NodeServiceClient::new(self.channel(&addr)?);
@@ -815,37 +815,34 @@ impl Cluster {
                 return Ok((placement, Target::Local(local)));
             }
         }
-        let addresses = self.addresses(&self.candidates(&placement, want));
+        let addresses = self.targets(&placement, want);
         if addresses.is_empty() {
             return Err(no_leader(name));
         }
         Ok((placement, Target::Remote(addresses)))
     }
 
-    /// Nodes to send a request for `placement` to, best first: the leader this node knows
-    /// of, then the other replicas (each forwards to its leader).
-    fn candidates(&self, placement: &Placement, want: Want) -> Vec<NodeId> {
-        let mut nodes = Vec::new();
+    /// Addresses to send a request for `placement` to, best first: for the leader, the one
+    /// this node's replica knows of, at the address in the group's own membership (a leader
+    /// being removed from the cluster is no longer in the layout, but still leads until it
+    /// removes itself); then the layout's replicas, each of which forwards to its leader.
+    fn targets(&self, placement: &Placement, want: Want) -> Vec<String> {
+        let mut targets = Vec::new();
+        let mut seen = HashSet::from([self.inner.id]);
         if want == Want::Leader {
-            if let Some(leader) = self
-                .local_group(placement.group)
-                .and_then(|l| l.view().leader)
-            {
-                nodes.push(leader);
+            if let Some(view) = self.local_group(placement.group).map(|l| l.view()) {
+                if let Some(leader) = view.leader.filter(|l| seen.insert(*l)) {
+                    targets.extend(view.addresses.get(&leader).cloned());
+                }
             }
         }
-        nodes.extend(placement.replicas.iter().copied());
-        let mut seen = HashSet::new();
-        nodes.retain(|n| *n != self.inner.id && seen.insert(*n));
-        nodes
-    }
-
-    fn addresses(&self, nodes: &[NodeId]) -> Vec<String> {
         let layout = self.layout();
-        nodes
-            .iter()
-            .filter_map(|n| layout.address(*n).map(str::to_owned))
-            .collect()
+        for node in &placement.replicas {
+            if seen.insert(*node) {
+                targets.extend(layout.address(*node).map(str::to_owned));
+            }
+        }
+        targets
     }
 
     /// A lazily connected channel to the node at `addr`, shared by every request to it.
@@ -894,6 +891,18 @@ impl Cluster {
             }
             match call(channel, wire).await {
                 Err(status) if status.code() == tonic::Code::Unavailable => last = status,
+                // The connection broke mid-request (tonic reports it as UNKNOWN or
+                // CANCELLED; no Shoal node answers with those): the outcome is unknown, and
+                // the client may retry, as for any UNAVAILABLE (writes are idempotent).
+                Err(status)
+                    if matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled) =>
+                {
+                    return Err(tonic::Status::unavailable(format!(
+                        "the connection to {addr} broke while it handled the request, which may \
+                         or may not have taken effect; retry: {}",
+                        status.message()
+                    )));
+                }
                 answer => return answer,
             }
         }

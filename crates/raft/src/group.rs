@@ -44,6 +44,9 @@ pub struct RaftConfig {
     pub install_snapshot_timeout_ms: u64,
     /// Deadline for opening a connection to a peer.
     pub connect_timeout_ms: u64,
+    /// How long a write waits to be committed by a majority before the client is answered
+    /// UNAVAILABLE (its outcome unknown), e.g. on a leader cut off from the others.
+    pub commit_timeout_ms: u64,
 }
 
 impl Default for RaftConfig {
@@ -57,6 +60,7 @@ impl Default for RaftConfig {
             max_payload_entries: 300,
             install_snapshot_timeout_ms: 30_000,
             connect_timeout_ms: 1000,
+            commit_timeout_ms: 10_000,
         }
     }
 }
@@ -73,6 +77,7 @@ impl RaftConfig {
                 self.install_snapshot_timeout_ms,
             ),
             ("connect_timeout_ms", self.connect_timeout_ms),
+            ("commit_timeout_ms", self.commit_timeout_ms),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(Error::invalid(format!("raft.{name} must be positive")));
@@ -149,6 +154,10 @@ impl RaftNode {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    pub fn config(&self) -> &RaftConfig {
+        &self.config
     }
 
     /// The running groups, which the node's [`RaftServer`](crate::server::RaftServer) serves.

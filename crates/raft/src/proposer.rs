@@ -3,6 +3,7 @@
 //! and answers each once its entry is committed and applied.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{Fatal, RaftError};
 use shoal_shard::{Outcome, Shard};
@@ -41,9 +42,11 @@ pub struct Proposer {
 
 impl Proposer {
     /// Starts the proposing task on the current tokio runtime.
-    pub fn start(raft: Raft, group: GroupId, shard: Arc<Shard>) -> Self {
+    /// A write not committed within `commit_timeout` is answered UNAVAILABLE (its outcome is
+    /// unknown: the entry may still commit later).
+    pub fn start(raft: Raft, group: GroupId, shard: Arc<Shard>, commit_timeout: Duration) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(propose(raft, group, shard.clone(), rx));
+        tokio::spawn(propose(raft, group, shard.clone(), rx, commit_timeout));
         Self { shard, tx }
     }
 
@@ -74,7 +77,13 @@ impl Proposer {
 
 /// Proposes one entry at a time, each carrying every command queued meanwhile: concurrent
 /// writers share an append and its fsync.
-async fn propose(raft: Raft, group: GroupId, shard: Arc<Shard>, mut rx: mpsc::Receiver<Pending>) {
+async fn propose(
+    raft: Raft,
+    group: GroupId,
+    shard: Arc<Shard>,
+    mut rx: mpsc::Receiver<Pending>,
+    commit_timeout: Duration,
+) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     // A command received that did not fit the previous entry.
     let mut carried: Option<Pending> = None;
@@ -101,8 +110,21 @@ async fn propose(raft: Raft, group: GroupId, shard: Arc<Shard>, mut rx: mpsc::Re
         let (commands, replies): (Vec<Command>, Vec<_>) = batch.drain(..).unzip();
         let count = commands.len();
         shard.metrics().group_commit_size.observe(count as f64);
-        let results = match raft.client_write(Request::Shard(commands)).await {
-            Ok(written) => match written.data {
+        let written =
+            tokio::time::timeout(commit_timeout, raft.client_write(Request::Shard(commands)));
+        let results = match written.await {
+            Err(_elapsed) => {
+                let error = Error::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "raft group {group} did not commit the write within {} ms (is a \
+                         majority of its replicas reachable?); it may or may not take effect",
+                        commit_timeout.as_millis()
+                    ),
+                );
+                vec![Err(error); count]
+            }
+            Ok(Ok(written)) => match written.data {
                 Response::Shard(results) if results.len() == count => results,
                 other => {
                     let error = Error::internal(format!(
@@ -111,10 +133,10 @@ async fn propose(raft: Raft, group: GroupId, shard: Arc<Shard>, mut rx: mpsc::Re
                     vec![Err(error); count]
                 }
             },
-            Err(RaftError::Fatal(fatal)) if !matches!(fatal, Fatal::Stopped) => {
+            Ok(Err(RaftError::Fatal(fatal))) if !matches!(fatal, Fatal::Stopped) => {
                 fail_stop(group, &fatal)
             }
-            Err(e) => vec![Err(crate::control::write_error(group, e)); count],
+            Ok(Err(e)) => vec![Err(crate::control::write_error(group, e)); count],
         };
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);

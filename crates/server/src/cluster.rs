@@ -403,7 +403,8 @@ impl Cluster {
                 let _ = raft.trigger().elect().await;
             }
         }
-        let proposer = Proposer::start(raft.clone(), group, shard.clone());
+        let commit_timeout = Duration::from_millis(self.inner.raft.config().commit_timeout_ms);
+        let proposer = Proposer::start(raft.clone(), group, shard.clone(), commit_timeout);
         let local = Arc::new(LocalGroup {
             group,
             collection: placement.spec.name.clone(),

@@ -6,22 +6,29 @@
 
 #![allow(clippy::unwrap_used)] // test support: failing loudly is the point
 
+pub mod cluster;
+
+use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use npyz::WriterBuilder;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use shoal_proto::v1::cluster_service_client::ClusterServiceClient;
 use shoal_proto::v1::collection_service_client::CollectionServiceClient;
 use shoal_proto::v1::point_service_client::PointServiceClient;
 use tempfile::TempDir;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 /// How long a node may take to become ready.
 pub const READY_DEADLINE: Duration = Duration::from_secs(120);
+/// Deadline of one gRPC call made over [`Node::channel`].
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("SHOAL_BIN_DIR")
@@ -39,10 +46,50 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback port, chosen by the OS.
+/// Ports [`free_addr`] draws from: below the ranges operating systems take the local ports of
+/// outgoing connections from (Linux 32768-60999, IANA 49152-65535), for where [`loopback_ip`]
+/// is 127.0.0.1, which outgoing connections on loopback use.
+const TEST_PORTS: std::ops::Range<u16> = 10_000..32_000;
+
+/// This process's own loopback address, 127.x.y.z from its process id (unique among live
+/// processes: Linux pids are below 2^22), so test processes running at the same time (test
+/// binaries, or nextest's process per test) never compete for a port, not even for the port of
+/// a node killed and about to restart. 127.0.0.1 where no other loopback address can be bound
+/// (macOS configures only that one).
+fn loopback_ip() -> Ipv4Addr {
+    static IP: OnceLock<Ipv4Addr> = OnceLock::new();
+    *IP.get_or_init(|| {
+        let pid = std::process::id();
+        let [_, high, mid, low] = pid.to_be_bytes();
+        let ip = Ipv4Addr::new(127, 1 + (high & 0x3f), mid, low);
+        if TcpListener::bind((ip, 0)).is_ok() {
+            ip
+        } else {
+            Ipv4Addr::LOCALHOST
+        }
+    })
+}
+
+/// A free address on [`loopback_ip`]. Ports are drawn at random (seeded by the process id) and
+/// never handed out twice in one process.
 pub fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+    static DRAWN: Mutex<Option<(ChaCha8Rng, HashSet<u16>)>> = Mutex::new(None);
+    let ip = loopback_ip();
+    let mut drawn = DRAWN.lock().unwrap();
+    let (rng, given) = drawn.get_or_insert_with(|| {
+        let seed = u64::from(std::process::id());
+        (ChaCha8Rng::seed_from_u64(seed), HashSet::new())
+    });
+    for _ in 0..TEST_PORTS.len() {
+        let port = rng.random_range(TEST_PORTS);
+        if !given.insert(port) {
+            continue;
+        }
+        if let Ok(listener) = TcpListener::bind((ip, port)) {
+            return listener.local_addr().unwrap();
+        }
+    }
+    panic!("no free port in {TEST_PORTS:?} on {ip}");
 }
 
 /// Polls `check` until it returns `Some` or `deadline` passes.
@@ -57,6 +104,44 @@ pub fn poll<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option
             "timed out after {deadline:?} waiting for {what}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A deadline for polling loops in async code:
+///
+/// ```ignore
+/// let deadline = Deadline::new("the replica to catch up", Duration::from_secs(30));
+/// while !caught_up().await {
+///     deadline.pause(&state).await;
+/// }
+/// ```
+///
+/// `pause` waits one polling interval, or panics with `what` and the last state seen once the
+/// deadline has passed.
+#[derive(Debug)]
+pub struct Deadline {
+    what: String,
+    limit: Duration,
+    end: Instant,
+}
+
+impl Deadline {
+    pub fn new(what: impl Into<String>, limit: Duration) -> Self {
+        Self {
+            what: what.into(),
+            limit,
+            end: Instant::now() + limit,
+        }
+    }
+
+    pub async fn pause(&self, last: &dyn std::fmt::Debug) {
+        assert!(
+            Instant::now() < self.end,
+            "timed out after {:?} waiting for {}; last seen: {last:#?}",
+            self.limit,
+            self.what
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -98,6 +183,14 @@ impl Node {
 
     /// Starts a node with extra arguments and environment variables (e.g. `SHOAL__...`).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut node = Self::spawn_with_env(args, env);
+        node.wait_ready();
+        node
+    }
+
+    /// Starts a node with extra arguments and environment variables without waiting for it to
+    /// be ready (see [`Node::wait_ready`] and [`Node::wait_exit`]).
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut node = Node {
             dir: tempfile::tempdir().unwrap(),
             grpc: free_addr(),
@@ -110,7 +203,6 @@ impl Node {
             child: None,
         };
         node.spawn();
-        node.wait_ready();
         node
     }
 
@@ -174,6 +266,14 @@ impl Node {
         }
     }
 
+    /// Waits, up to `limit`, for a node that is expected to fail to exit; returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("the node was not started");
+        let status = poll("node to exit", limit, || child.try_wait().unwrap());
+        self.child = None;
+        status
+    }
+
     /// kill -9: no chance to flush or clean up.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -220,6 +320,28 @@ impl Node {
             .unwrap()
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20)
+    }
+
+    /// A channel to the node that connects on first use and reconnects after a restart, so
+    /// it can be made while the node is down; calls fail after [`CALL_TIMEOUT`].
+    pub fn channel(&self) -> Channel {
+        Endpoint::from_shared(self.endpoint())
+            .unwrap()
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(CALL_TIMEOUT)
+            .connect_lazy()
+    }
+
+    /// A `PointService` client over [`Node::channel`].
+    pub fn points_lazy(&self) -> PointServiceClient<Channel> {
+        PointServiceClient::new(self.channel())
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20)
+    }
+
+    /// A `ClusterService` client over [`Node::channel`].
+    pub fn cluster(&self) -> ClusterServiceClient<Channel> {
+        ClusterServiceClient::new(self.channel())
     }
 
     /// Runs `shoalctl --addr <node> ARGS`.

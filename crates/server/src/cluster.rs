@@ -491,7 +491,7 @@ impl Cluster {
 
     /// The meta leader's repairs: meta membership, missing replicas, group memberships.
     async fn repair(&self, layout: &ClusterState) {
-        if let Err(e) = self.repair_meta_membership(layout).await {
+        if let Err(e) = self.repair_meta_membership().await {
             tracing::warn!(error = %e, "meta group membership repair failed");
         }
         for placement in layout.collections.values() {
@@ -526,8 +526,11 @@ impl Cluster {
         }
     }
 
-    async fn repair_meta_membership(&self, layout: &ClusterState) -> Result<()> {
+    async fn repair_meta_membership(&self) -> Result<()> {
         let _one = self.inner.meta_membership.lock().await;
+        // Read under the lock: a join that just finished added its node to both the layout
+        // and the membership, and an older layout would make it look like a stray member.
+        let layout = self.layout();
         let meta = &self.inner.meta;
         let view = control::view(meta);
         for (id, node) in &layout.nodes {

@@ -399,7 +399,11 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        // The state is small: the current snapshot is the state as applied now.
+        // The state is small: the current snapshot is the state as applied now (none before
+        // anything was applied).
+        if self.inner.applied.lock().last_log_id.is_none() {
+            return Ok(None);
+        }
         self.inner.snapshot().map(Some)
     }
 }

@@ -1,4 +1,5 @@
-//! openraft's storage test suite against the RocksDB log store and the shard state machine,
+//! openraft's storage test suite against the RocksDB log store with the shard and the meta
+//! state machines,
 //! plus what the suite does not cover: restarts and snapshots that carry points.
 
 use std::collections::BTreeMap;
@@ -15,7 +16,10 @@ use tempfile::TempDir;
 
 use crate::log_store::LogStore;
 use crate::state_machine::{Applied, StateMachine, APPLIED, INSTALLING};
-use crate::{BasicNode, Entry, EntryPayload, LogId, Membership, Request, StorageError, TypeConfig};
+use crate::{
+    BasicNode, Entry, EntryPayload, LogId, Membership, MetaStateMachine, Request, StorageError,
+    TypeConfig, META_GROUP,
+};
 
 const GROUP: u64 = 7;
 
@@ -45,6 +49,24 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
 #[test]
 fn openraft_storage_suite() {
     Suite::test_all(Builder).unwrap();
+}
+
+/// Fresh meta group stores: the log store and the meta state machine in one database.
+struct MetaBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, MetaStateMachine, TempDir> for MetaBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, MetaStateMachine), StorageError> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(shoal_storage::Store::open(dir.path()).unwrap());
+        let log = LogStore::new(store.clone(), META_GROUP);
+        let (sm, _layout) = MetaStateMachine::open(store)?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_on_the_meta_group() {
+    Suite::test_all(MetaBuilder).unwrap();
 }
 
 fn log_id(term: u64, index: u64) -> LogId {

@@ -283,6 +283,7 @@ async fn health_reflection_and_metrics_are_served() {
     for expected in [
         "shoal.v1.CollectionService",
         "shoal.v1.PointService",
+        "shoal.v1.ClusterService",
         "grpc.health.v1.Health",
     ] {
         assert!(
@@ -291,9 +292,21 @@ async fn health_reflection_and_metrics_are_served() {
         );
     }
 
+    node.create_collection("observed", 4, "l2", "Flat", &[]);
     let (status, body) = shoal_tests::http_get(node.http, "/metrics").unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("shoal_applied_sequence"), "{body}");
+    // A single node leads the meta group and its collection's group.
+    for group in [
+        r#"collection="",group="0""#,
+        r#"collection="observed",group="1""#,
+    ] {
+        assert!(
+            body.contains(&format!("shoal_raft_leader{{{group}}} 1")),
+            "no leader metric for {group}:\n{body}"
+        );
+    }
+
     assert_eq!(shoal_tests::http_get(node.http, "/healthz").unwrap().0, 200);
 }
 

@@ -9,6 +9,7 @@ mod config;
 mod grpc;
 mod http;
 mod node;
+mod raft_metrics;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -27,6 +27,7 @@ use crate::cluster_api::ClusterApi;
 use crate::config::Config;
 use crate::grpc::Api;
 use crate::http;
+use crate::raft_metrics::RaftMetrics;
 
 /// Runs the node until SIGTERM or Ctrl-C; Raft groups run on `raft_runtime`.
 pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
@@ -95,6 +96,9 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    registry.register(Box::new(
+        RaftMetrics::new(cluster.clone()).context("registering raft metrics")?,
+    ))?;
     let max = config.limits.max_message_bytes;
     let api = Api::new(cluster.clone(), search_pool, &registry, max)?;
     let cluster_api = ClusterApi::new(cluster.clone());

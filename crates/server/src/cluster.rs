@@ -913,6 +913,26 @@ impl Cluster {
         Err(last)
     }
 
+    /// Sends a request that only the meta leader may answer to it, when another node leads:
+    /// `Some` with its answer; `None` when this node leads and should answer itself.
+    pub async fn forward_to_meta_leader<Req, Resp, F, Fut>(
+        &self,
+        hops: u32,
+        request: &Req,
+        call: F,
+    ) -> Option<std::result::Result<tonic::Response<Resp>, tonic::Status>>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        match self.meta_leader_elsewhere() {
+            Ok(None) => None,
+            Ok(Some(leader)) => Some(self.forward(&[leader], hops, request, call).await),
+            Err(e) => Some(Err(shoal_proto::status_from_error(e))),
+        }
+    }
+
     /// Validates and places a new collection and records it in the meta group (which this
     /// node must lead); returns its group.
     pub async fn create_collection(&self, spec: CollectionSpec, replicas: u32) -> Result<GroupId> {

@@ -27,12 +27,6 @@ impl ClusterApi {
         Self { cluster }
     }
 
-    fn meta_leader_elsewhere(&self) -> Result<Option<String>, Status> {
-        self.cluster
-            .meta_leader_elsewhere()
-            .map_err(status_from_error)
-    }
-
     /// Every node with its meta role; `reachable` filled from `statuses` when given.
     fn nodes(
         &self,
@@ -173,13 +167,13 @@ impl ClusterService for ClusterApi {
     ) -> Result<Response<v1::RemoveNodeResponse>, Status> {
         let hops = hops(&request);
         let req = request.into_inner();
-        if let Some(leader) = self.meta_leader_elsewhere()? {
-            return self
-                .cluster
-                .forward(&[leader], hops, &req, |ch, r| async move {
-                    ClusterServiceClient::new(ch).remove_node(r).await
-                })
-                .await;
+        let forwarded = self
+            .cluster
+            .forward_to_meta_leader(hops, &req, |ch, r| async move {
+                ClusterServiceClient::new(ch).remove_node(r).await
+            });
+        if let Some(answer) = forwarded.await {
+            return answer;
         }
         let collections = self
             .cluster
@@ -198,13 +192,13 @@ impl NodeService for ClusterApi {
     ) -> Result<Response<internal::JoinResponse>, Status> {
         let hops = hops(&request);
         let req = request.into_inner();
-        if let Some(leader) = self.meta_leader_elsewhere()? {
-            return self
-                .cluster
-                .forward(&[leader], hops, &req, |ch, r| async move {
-                    NodeServiceClient::new(ch).join(r).await
-                })
-                .await;
+        let forwarded = self
+            .cluster
+            .forward_to_meta_leader(hops, &req, |ch, r| async move {
+                NodeServiceClient::new(ch).join(r).await
+            });
+        if let Some(answer) = forwarded.await {
+            return answer;
         }
         self.cluster
             .join(req.node_id, req.address)

@@ -193,11 +193,6 @@ impl Api {
             }
         }
     }
-
-    /// The meta leader's address if another node leads the meta group.
-    fn meta_leader_elsewhere(&self) -> Result<Option<String>, Status> {
-        self.cluster.meta_leader_elsewhere().map_err(bad)
-    }
 }
 
 fn collection_info(d: CollectionDescription) -> v1::CollectionInfo {
@@ -264,13 +259,13 @@ impl CollectionService for Api {
         let hops = hops(&request);
         let req = request.into_inner();
         self.timed("CreateCollection", async {
-            if let Some(leader) = self.meta_leader_elsewhere()? {
-                return self
-                    .cluster
-                    .forward(&[leader], hops, &req, |ch, r| async move {
-                        self.collections_client(ch).create_collection(r).await
-                    })
-                    .await;
+            let forwarded = self
+                .cluster
+                .forward_to_meta_leader(hops, &req, |ch, r| async move {
+                    self.collections_client(ch).create_collection(r).await
+                });
+            if let Some(answer) = forwarded.await {
+                return answer;
             }
             let replicas = req.replicas;
             let spec = CollectionSpec::try_from(req).map_err(bad)?;
@@ -351,13 +346,13 @@ impl CollectionService for Api {
         let hops = hops(&request);
         let req = request.into_inner();
         self.timed("DropCollection", async {
-            if let Some(leader) = self.meta_leader_elsewhere()? {
-                return self
-                    .cluster
-                    .forward(&[leader], hops, &req, |ch, r| async move {
-                        self.collections_client(ch).drop_collection(r).await
-                    })
-                    .await;
+            let forwarded = self
+                .cluster
+                .forward_to_meta_leader(hops, &req, |ch, r| async move {
+                    self.collections_client(ch).drop_collection(r).await
+                });
+            if let Some(answer) = forwarded.await {
+                return answer;
             }
             self.cluster
                 .drop_collection(req.name)

@@ -42,6 +42,9 @@ pub const HOPS: &str = "x-shoal-hops";
 const MAX_HOPS: u32 = 3;
 /// How often the reconcile loop runs without a layout change.
 const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+/// How often the meta leader compares every group's membership with the layout when the
+/// layout does not change.
+const MEMBER_SYNC_EVERY: Duration = Duration::from_secs(5);
 /// Deadline of the status calls between nodes.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most replicas of one collection.
@@ -107,6 +110,8 @@ struct Inner {
     env: ShardEnv,
     /// Repairs under way, so a slow one is not started twice.
     repairs: Mutex<HashSet<GroupId>>,
+    /// The layout the group memberships were last compared with, and when.
+    last_member_sync: Mutex<Option<(ClusterState, Instant)>>,
     reconciling: tokio::sync::Mutex<()>,
     /// Held for every change of the meta group's membership: openraft runs one at a time.
     meta_membership: tokio::sync::Mutex<()>,
@@ -141,6 +146,7 @@ impl Cluster {
                 channels: Mutex::default(),
                 env,
                 repairs: Mutex::default(),
+                last_member_sync: Mutex::default(),
                 reconciling: tokio::sync::Mutex::new(()),
                 meta_membership: tokio::sync::Mutex::new(()),
             }),
@@ -494,6 +500,19 @@ impl Cluster {
         if let Err(e) = self.repair_meta_membership().await {
             tracing::warn!(error = %e, "meta group membership repair failed");
         }
+        // Comparing group memberships asks every replica for its status: on a layout change,
+        // else every few seconds.
+        let sync_members = {
+            let mut last = self.inner.last_member_sync.lock();
+            let due = match &*last {
+                Some((seen, at)) => seen != layout || at.elapsed() >= MEMBER_SYNC_EVERY,
+                None => true,
+            };
+            if due {
+                *last = Some((layout.clone(), Instant::now()));
+            }
+            due
+        };
         for placement in layout.collections.values() {
             if placement.under_replicated() {
                 let missing = placement.replication_factor as usize - placement.replicas.len();
@@ -512,7 +531,7 @@ impl Cluster {
                     }
                 }
             }
-            if self.inner.repairs.lock().insert(placement.group) {
+            if sync_members && self.inner.repairs.lock().insert(placement.group) {
                 let cluster = self.clone();
                 let placement = placement.clone();
                 let addresses = layout.nodes.clone();

@@ -1,14 +1,16 @@
 //! Clusters of real `shoal node` processes on loopback: node 1 bootstraps, the others join it
 //! with `--join`, each with its id in `SHOAL__CLUSTER__NODE_ID`. Nodes can be killed with
-//! SIGKILL, restarted on their data and ports, and added. The cluster's view comes from
-//! `ClusterService`; a replica's data from eventual reads on its own node, which a node holding
-//! a replica answers from that replica.
+//! SIGKILL, restarted on their data and ports, and added; in a cluster started with
+//! [`Cluster::start_partitionable`] they reach each other through a [`Network`] whose links the
+//! test cuts. The cluster's view comes from `ClusterService`; a replica's data from eventual
+//! reads on its own node, which a node holding a replica answers from that replica.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use shoal_proto::v1::{self, point_id::Kind};
 
+use crate::proxy::Network;
 use crate::{Deadline, Node};
 
 /// Raft timings for clusters on one machine: elections within a second of a leader's death,
@@ -40,6 +42,8 @@ pub struct Cluster {
     /// Nodes this test killed and has not restarted.
     down: BTreeSet<u64>,
     env: Vec<(String, String)>,
+    /// Where nodes reach each other through proxies; `None`: directly.
+    network: Option<Network>,
 }
 
 impl Cluster {
@@ -51,6 +55,16 @@ impl Cluster {
     /// Like [`Cluster::start`], with environment variables for every node (they override
     /// [`FAST_RAFT`]).
     pub fn start_with_env(size: u64, env: &[(&str, &str)]) -> Self {
+        Self::start_on(size, env, None)
+    }
+
+    /// Like [`Cluster::start_with_env`], with every node reaching the others through a
+    /// [`Network`] (see [`Cluster::network`]), on the current tokio runtime.
+    pub fn start_partitionable(size: u64, env: &[(&str, &str)]) -> Self {
+        Self::start_on(size, env, Some(Network::default()))
+    }
+
+    fn start_on(size: u64, env: &[(&str, &str)], network: Option<Network>) -> Self {
         let mut cluster = Cluster {
             nodes: BTreeMap::new(),
             down: BTreeSet::new(),
@@ -59,10 +73,11 @@ impl Cluster {
                 .chain(env)
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            network,
         };
         let first = cluster.spawn(1, &[], None);
         cluster.insert(1, first);
-        let seed = cluster.node(1).grpc.to_string();
+        let seed = cluster.peer_address(1);
         let joining: Vec<(u64, Node)> = (2..=size)
             .map(|id| (id, cluster.spawn(id, &[], Some(&seed))))
             .collect();
@@ -76,16 +91,26 @@ impl Cluster {
     /// bootstrapping without it), and returns it unwaited and outside the cluster, for starts
     /// that are expected to fail.
     pub fn spawn(&self, id: u64, env: &[(&str, &str)], seed: Option<&str>) -> Node {
-        let id = id.to_string();
+        let node_id = id.to_string();
+        let routed = self
+            .network
+            .as_ref()
+            .map(|network| network.node_env(id))
+            .unwrap_or_default();
         let mut vars: Vec<(&str, &str)> = self
             .env
             .iter()
+            .chain(&routed)
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        vars.push(("SHOAL__CLUSTER__NODE_ID", &id));
+        vars.push(("SHOAL__CLUSTER__NODE_ID", &node_id));
         vars.extend_from_slice(env);
         let args: Vec<&str> = seed.map(|s| vec!["--join", s]).unwrap_or_default();
-        Node::spawn_with_env(&args, &vars)
+        let node = Node::spawn_with_env(&args, &vars);
+        if let Some(network) = &self.network {
+            network.front(id, node.grpc);
+        }
+        node
     }
 
     fn insert(&mut self, id: u64, mut node: Node) {
@@ -96,7 +121,7 @@ impl Cluster {
     /// Starts node `id`, joining through the lowest live node, and waits until it is ready.
     pub fn join(&mut self, id: u64) {
         assert!(!self.nodes.contains_key(&id), "node {id} exists already");
-        let seed = self.node(self.live()[0]).grpc.to_string();
+        let seed = self.peer_address(self.live()[0]);
         let node = self.spawn(id, &[], Some(&seed));
         self.insert(id, node);
     }
@@ -105,6 +130,21 @@ impl Cluster {
         self.nodes
             .get(&id)
             .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// The address other nodes reach node `id` at: its proxy's in a partitionable cluster.
+    fn peer_address(&self, id: u64) -> String {
+        match &self.network {
+            Some(network) => network.proxy_addr(id).to_string(),
+            None => self.node(id).grpc.to_string(),
+        }
+    }
+
+    /// The links between the nodes of a cluster started with [`Cluster::start_partitionable`].
+    pub fn network(&self) -> &Network {
+        self.network
+            .as_ref()
+            .expect("a cluster started with Cluster::start_partitionable")
     }
 
     /// Every node's id, live or not.

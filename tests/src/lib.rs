@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)] // test support: failing loudly is the point
 
 pub mod cluster;
+pub mod proxy;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use shoal_proto::v1::point_service_client::PointServiceClient;
 use shoal_proto::v1::{self, point_id::Kind};
-use shoal_tests::cluster::{checksum, group, replica_count, replica_points, Cluster, SETTLE};
+use shoal_tests::cluster::{self, group, replica_points, Cluster, SETTLE};
 use shoal_tests::{random_vectors, Deadline, Node};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -208,44 +208,12 @@ async fn strong_read(node: &Node, ids: &[u64]) -> (BTreeMap<u64, Vec<f32>>, u64)
     }
 }
 
-/// Waits until every node's replica of [`COLLECTION`] and of the meta group converge, then
-/// asserts that each replica holds exactly `expected` among `ids` and nothing else; returns
-/// the replicas' common checksum.
-async fn assert_replicas_hold(
-    cluster: &Cluster,
-    ids: &[u64],
-    expected: &BTreeMap<u64, Vec<f32>>,
-) -> u64 {
-    cluster.wait_converged(COLLECTION, &cluster.ids()).await;
+/// Waits until the meta group and every node's replica of [`COLLECTION`] converge, then
+/// asserts that each replica holds exactly `expected` and nothing else; returns the replicas'
+/// common checksum.
+async fn assert_replicas_hold(cluster: &Cluster, expected: &BTreeMap<u64, Vec<f32>>) -> u64 {
     cluster.wait_converged("", &cluster.ids()).await;
-    let mut sums = BTreeMap::new();
-    for id in cluster.ids() {
-        let node = cluster.node(id);
-        let got = replica_points(node, COLLECTION, ids).await;
-        let missing: Vec<&u64> = expected.keys().filter(|i| !got.contains_key(i)).collect();
-        let extra: Vec<&u64> = got.keys().filter(|i| !expected.contains_key(i)).collect();
-        assert!(
-            missing.is_empty() && extra.is_empty(),
-            "node {id}'s replica differs: {} missing (first {:?}), {} never acknowledged \
-             (first {:?})",
-            missing.len(),
-            &missing[..missing.len().min(5)],
-            extra.len(),
-            &extra[..extra.len().min(5)],
-        );
-        assert_eq!(
-            replica_count(node, COLLECTION).await,
-            expected.len() as u64,
-            "node {id}'s replica counts points that were never written"
-        );
-        sums.insert(id, checksum(&got));
-    }
-    let sum = checksum(expected);
-    assert!(
-        sums.values().all(|s| *s == sum),
-        "replicas diverged: checksums {sums:?}, acknowledged writes {sum}"
-    );
-    sum
+    cluster::assert_replicas_hold(cluster, COLLECTION, &cluster.ids(), expected).await
 }
 
 /// Starts a partitionable cluster with [`COMMIT_TIMEOUT`], creates [`COLLECTION`], writes
@@ -367,14 +335,18 @@ async fn a_leader_cut_off_from_the_majority_acknowledges_no_write_and_no_replica
     )
     .await;
     let acknowledged = expected(before.start..healed.end);
-    let ids: Vec<u64> = acknowledged
-        .keys()
-        .copied()
-        .chain(cut_off.iter().flat_map(Range::clone))
-        .collect();
+    let sum = assert_replicas_hold(&cluster, &acknowledged).await;
     // The entries the cut-off leader appended for its writes were never committed: the new
     // leader's log replaces them on its replica, so no replica holds any of those points.
-    let sum = assert_replicas_hold(&cluster, &ids, &acknowledged).await;
+    let unacknowledged: Vec<u64> = cut_off.iter().flat_map(Range::clone).collect();
+    for id in cluster.ids() {
+        let found = replica_points(cluster.node(id), COLLECTION, &unacknowledged).await;
+        assert!(
+            found.is_empty(),
+            "node {id} holds points the cut-off leader never acknowledged: {:?}",
+            found.keys().collect::<Vec<_>>()
+        );
+    }
     eprintln!(
         "collection leader {leader} (meta leader {meta_leader}) cut off in term {old_term}: \
          {CUT_OFF_WRITES} writes to it unacknowledged; node {new_leader} led in term \
@@ -409,7 +381,7 @@ async fn a_follower_cut_off_from_the_others_stops_no_write_and_catches_up_after_
     );
 
     cluster.network().heal();
-    let sum = assert_replicas_hold(&cluster, &ids, &acknowledged).await;
+    let sum = assert_replicas_hold(&cluster, &acknowledged).await;
     eprintln!(
         "follower {follower} cut off: the {DURING} writes to leader {leader} retried {retries} \
          times; after healing every replica holds {} points, checksum {sum:016x}; {:.1} s",

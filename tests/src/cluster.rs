@@ -342,3 +342,60 @@ pub fn checksum(points: &BTreeMap<u64, Vec<f32>>) -> u64 {
     }
     hash
 }
+
+/// Asserts that node `node`'s replica holds exactly `expected`, naming the first differences.
+pub fn assert_replica(
+    node: u64,
+    got: &BTreeMap<u64, Vec<f32>>,
+    expected: &BTreeMap<u64, Vec<f32>>,
+) {
+    let missing: Vec<&u64> = expected.keys().filter(|id| !got.contains_key(id)).collect();
+    let extra: Vec<&u64> = got.keys().filter(|id| !expected.contains_key(id)).collect();
+    let changed: Vec<&u64> = expected
+        .iter()
+        .filter(|(id, v)| got.get(id).is_some_and(|g| g != *v))
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && changed.is_empty(),
+        "node {node}'s replica differs: {} missing (first {:?}), {} unexpected (first {:?}), \
+         {} with other vectors (first {:?})",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        extra.len(),
+        &extra[..extra.len().min(5)],
+        changed.len(),
+        &changed[..changed.len().min(5)],
+    );
+}
+
+/// Waits until `replicas` of `collection` converge, then asserts that each holds exactly
+/// `expected` (an eventual read on its own node) and nothing else; returns the replicas'
+/// common checksum.
+pub async fn assert_replicas_hold(
+    cluster: &Cluster,
+    collection: &str,
+    replicas: &[u64],
+    expected: &BTreeMap<u64, Vec<f32>>,
+) -> u64 {
+    cluster.wait_converged(collection, replicas).await;
+    let ids: Vec<u64> = expected.keys().copied().collect();
+    let mut sums = BTreeMap::new();
+    for &id in replicas {
+        let node = cluster.node(id);
+        let got = replica_points(node, collection, &ids).await;
+        assert_replica(id, &got, expected);
+        assert_eq!(
+            replica_count(node, collection).await,
+            expected.len() as u64,
+            "node {id}'s replica counts points that were never written"
+        );
+        sums.insert(id, checksum(&got));
+    }
+    let sum = checksum(expected);
+    assert!(
+        sums.values().all(|s| *s == sum),
+        "checksums differ: {sums:?}"
+    );
+    sum
+}

@@ -173,9 +173,16 @@ impl ClusterState {
                     .collections
                     .get_mut(&collection)
                     .ok_or_else(|| Error::unknown_collection(&collection))?;
-                if !placement.replicas.contains(&node) {
-                    placement.replicas.push(node);
+                if placement.replicas.contains(&node) {
+                    return Ok(MetaOutcome::Done);
                 }
+                if !placement.under_replicated() {
+                    return Err(Error::new(
+                        ErrorCode::FailedPrecondition,
+                        format!("collection {collection:?} has all its replicas"),
+                    ));
+                }
+                placement.replicas.push(node);
                 Ok(MetaOutcome::Done)
             }
         }
@@ -291,7 +298,9 @@ impl MetaInner {
             next.last_log_id = Some(entry.log_id);
             responses.push(response);
         }
-        self.save(&next, false)?;
+        // Synced: a node acts on the layout (it deletes replicas the layout no longer names),
+        // so what it acted on must survive a power loss. Meta entries are rare.
+        self.save(&next, true)?;
         let changed = next.state != applied.state;
         *applied = next;
         if changed {

@@ -194,9 +194,11 @@ impl Inner {
 
     fn build_snapshot(&self) -> Result<Snapshot, StorageError> {
         // Applies wait only while the view is taken; copying the points runs beside them.
-        let applied = self.applied.lock();
-        let view = self.shard.export_view().map_err(|e| sm_read_error(&e))?;
-        let applied = applied.clone();
+        let (applied, view) = {
+            let applied = self.applied.lock();
+            let view = self.shard.export_view().map_err(|e| sm_read_error(&e))?;
+            (applied.clone(), view)
+        };
         let mut file = self.snapshot_file.lock();
         let image = view.image().map_err(|e| sm_read_error(&e))?;
         let data = postcard::to_allocvec(&image).map_err(|e| snapshot_error(None, e))?;

@@ -362,7 +362,7 @@ impl Cluster {
         for group in unwanted {
             self.close_group(group).await?;
         }
-        self.remove_orphan_dirs(&wanted)?;
+        self.remove_orphan_dirs(&layout, &wanted)?;
         for local in self.local_groups() {
             if local.view().leader == Some(id) {
                 if let Some(placement) = wanted.get(&local.group) {
@@ -405,8 +405,16 @@ impl Cluster {
                 .iter()
                 .filter_map(|n| layout.address(*n).map(|a| (*n, a.to_owned())))
                 .collect();
-            if control::initialize(&raft, group, members).await? {
-                let _ = raft.trigger().elect().await;
+            match control::initialize(&raft, group, members).await {
+                Ok(true) => {
+                    let _ = raft.trigger().elect().await;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    // Not left running without a LocalGroup: the next pass opens it again.
+                    self.inner.raft.stop_group(group).await?;
+                    return Err(e);
+                }
             }
         }
         let commit_timeout = Duration::from_millis(self.inner.raft.config().commit_timeout_ms);
@@ -448,7 +456,11 @@ impl Cluster {
     }
 
     /// Deletes the directories of groups this node neither runs nor should hold.
-    fn remove_orphan_dirs(&self, wanted: &HashMap<GroupId, &Placement>) -> Result<()> {
+    fn remove_orphan_dirs(
+        &self,
+        layout: &ClusterState,
+        wanted: &HashMap<GroupId, &Placement>,
+    ) -> Result<()> {
         let dir = self.inner.env.data_dir.join("groups");
         let entries = std::fs::read_dir(&dir)
             .map_err(|e| Error::internal(format!("listing {}: {e}", dir.display())))?;
@@ -460,7 +472,12 @@ impl Cluster {
             else {
                 continue;
             };
-            if wanted.contains_key(&group) || self.local_group(group).is_some() {
+            // A group this layout has not numbered yet belongs to a newer layout that this
+            // node has not applied (yet): never delete it.
+            if group >= layout.next_group
+                || wanted.contains_key(&group)
+                || self.local_group(group).is_some()
+            {
                 continue;
             }
             std::fs::remove_dir_all(entry.path()).map_err(|e| {
@@ -687,7 +704,9 @@ impl Cluster {
     /// committed when it caught up (a snapshot is installed, not only received), as a voter.
     async fn add_replica(&self, local: &LocalGroup, node: NodeId, address: &str) -> Result<()> {
         let group = local.group;
-        control::add_learner(&local.raft, group, node, address, true).await?;
+        // Not openraft's blocking wait: it has no deadline, and a dead node would hold this
+        // group's repair forever. The poll below has one.
+        control::add_learner(&local.raft, group, node, address, false).await?;
         let target = local.view().applied_index;
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
@@ -831,7 +850,8 @@ impl Cluster {
         let placement = self.placement(name).await?;
         if let Some(local) = self.local_group(placement.group) {
             let here = match want {
-                Want::Any => true,
+                // A replica still catching up may not have the collection yet.
+                Want::Any => local.shard.contains(name),
                 Want::Leader => local.view().leader == Some(self.inner.id),
             };
             if here {
@@ -1028,10 +1048,31 @@ impl Cluster {
             },
         )
         .await?;
-        control::add_learner(meta, META_GROUP, id, &address, true).await?;
-        let view = control::view(meta);
-        if !view.voters.contains(&id) && view.voters.len() < self.inner.settings.meta_voters {
-            control::promote(meta, META_GROUP, BTreeSet::from([id])).await?;
+        control::add_learner(meta, META_GROUP, id, &address, false).await?;
+        // A voter that cannot be reached would stall the meta group's membership change: the
+        // node is promoted once it has replicated the whole log, else later by the repair.
+        let caught_up = tokio::time::timeout(self.wait_secs(), async {
+            loop {
+                let view = control::view(meta);
+                if view.matched.get(&id).copied().unwrap_or(0) >= view.last_log_index {
+                    return view;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        match caught_up {
+            Ok(view)
+                if !view.voters.contains(&id)
+                    && view.voters.len() < self.inner.settings.meta_voters =>
+            {
+                control::promote(meta, META_GROUP, BTreeSet::from([id])).await?;
+            }
+            Ok(_) => {}
+            Err(_) => tracing::warn!(
+                node = id,
+                "joined as a learner of the meta group, not caught up yet; promoted later"
+            ),
         }
         tracing::info!(node = id, %address, "node joined the cluster");
         Ok(())
@@ -1070,8 +1111,21 @@ impl Cluster {
                 .map(|(n, _)| n)
                 .collect();
             for placement in &affected {
-                let rest: Vec<NodeId> = placement
-                    .replicas
+                // The voters that hold the data, from the group's own membership: a replica
+                // the layout names may still be empty and outside the group.
+                let Some(membership) = self.group_membership(placement).await else {
+                    return Err(Error::new(
+                        ErrorCode::FailedPrecondition,
+                        format!(
+                            "no replica of collection {:?} reports its group's membership, so \
+                             removing node {id} cannot be checked to keep its data (pass \
+                             --force to remove it anyway)",
+                            placement.spec.name
+                        ),
+                    ));
+                };
+                let rest: Vec<NodeId> = membership
+                    .voters
                     .iter()
                     .copied()
                     .filter(|n| *n != id)

@@ -117,9 +117,16 @@ impl Api {
         if let (Target::Local(local), Want::Leader, true) = (&target, want, read) {
             match control::read_index(&local.raft, local.group).await {
                 Ok(_) => {}
-                // Leadership moved meanwhile: route again, to the new leader.
+                // Leadership moved meanwhile: route again, to the new leader. A second local
+                // answer (metrics not caught up yet) is not trusted without a read index.
                 Err(e) if e.code == ErrorCode::NotLeader => {
-                    return self.cluster.route(collection, want).await.map_err(bad);
+                    let rerouted = self.cluster.route(collection, want).await.map_err(bad)?;
+                    if let (_, Target::Local(again)) = &rerouted {
+                        control::read_index(&again.raft, again.group)
+                            .await
+                            .map_err(bad)?;
+                    }
+                    return Ok(rerouted);
                 }
                 Err(e) => return Err(bad(e)),
             }

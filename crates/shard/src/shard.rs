@@ -232,6 +232,11 @@ impl Shard {
         Ok(self.store.counter(APPLIED)?.unwrap_or(0))
     }
 
+    /// Whether the shard holds collection `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.collections.read().contains_key(name)
+    }
+
     fn collection(&self, name: &str) -> Result<Arc<Collection>> {
         self.collections
             .read()

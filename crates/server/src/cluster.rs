@@ -1026,7 +1026,8 @@ impl Cluster {
         if id == 0 {
             return Err(Error::invalid("node id must be positive"));
         }
-        if let Some(known) = self.layout().nodes.get(&id) {
+        let layout = self.layout();
+        if let Some(known) = layout.nodes.get(&id) {
             if known.address != address {
                 return Err(Error::new(
                     ErrorCode::AlreadyExists,
@@ -1034,6 +1035,25 @@ impl Cluster {
                         "node id {id} is already taken by the node at {}; give this node \
                          another cluster.node_id",
                         known.address
+                    ),
+                ));
+            }
+            // Only a node without cluster state joins. One the cluster counts on (a meta
+            // voter, or a replica holder) has lost its data: as a voter with an empty log it
+            // could elect a leader that lacks committed entries.
+            let holds: Vec<&str> = layout
+                .collections
+                .values()
+                .filter(|p| p.replicas.contains(&id))
+                .map(|p| p.spec.name.as_str())
+                .collect();
+            if !holds.is_empty() || control::view(&self.inner.meta).voters.contains(&id) {
+                return Err(Error::new(
+                    ErrorCode::FailedPrecondition,
+                    format!(
+                        "node {id} is already a member (a meta voter or holding replicas of \
+                         {holds:?}) but joins without its data; remove it (`shoalctl node \
+                         remove {id}`) and join with a new cluster.node_id"
                     ),
                 ));
             }

@@ -548,17 +548,23 @@ impl Cluster {
                     }
                 }
             }
-            if sync_members && self.inner.repairs.lock().insert(placement.group) {
-                let cluster = self.clone();
-                let placement = placement.clone();
-                let addresses = layout.nodes.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = cluster.sync_group_members(&placement, &addresses).await {
-                        tracing::warn!(group = placement.group, collection = %placement.spec.name, error = %e, "replica membership repair failed; retrying");
-                    }
-                    cluster.inner.repairs.lock().remove(&placement.group);
-                });
+            if !sync_members {
+                continue;
             }
+            if !self.inner.repairs.lock().insert(placement.group) {
+                // Still busy with an older layout: compare again at the next pass.
+                *self.inner.last_member_sync.lock() = None;
+                continue;
+            }
+            let cluster = self.clone();
+            let placement = placement.clone();
+            let addresses = layout.nodes.clone();
+            tokio::spawn(async move {
+                if let Err(e) = cluster.sync_group_members(&placement, &addresses).await {
+                    tracing::warn!(group = placement.group, collection = %placement.spec.name, error = %e, "replica membership repair failed; retrying");
+                }
+                cluster.inner.repairs.lock().remove(&placement.group);
+            });
         }
     }
 

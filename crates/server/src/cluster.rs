@@ -530,10 +530,16 @@ impl Cluster {
             }
             due
         };
+        let mut down: Option<Vec<NodeId>> = None;
         for placement in layout.collections.values() {
             if placement.under_replicated() {
                 let missing = placement.replication_factor as usize - placement.replicas.len();
-                for node in layout.place(missing, &placement.replicas) {
+                if down.is_none() {
+                    down = Some(self.unreachable(layout).await);
+                }
+                let mut exclude = placement.replicas.clone();
+                exclude.extend(down.iter().flatten());
+                for node in layout.place(missing, &exclude) {
                     let command = MetaCommand::AddReplica {
                         collection: placement.spec.name.clone(),
                         node,
@@ -783,6 +789,17 @@ impl Cluster {
         statuses
     }
 
+    /// Nodes of the layout that do not answer a status call now.
+    async fn unreachable(&self, layout: &ClusterState) -> Vec<NodeId> {
+        let nodes: Vec<NodeId> = layout.nodes.keys().copied().collect();
+        self.node_statuses(&nodes)
+            .await
+            .into_iter()
+            .filter(|(_, status)| status.is_none())
+            .map(|(node, _)| node)
+            .collect()
+    }
+
     /// This node's groups as it sees them.
     pub fn node_status(&self) -> internal::NodeStatusResponse {
         let mut groups = vec![local_group(META_GROUP, &control::view(&self.inner.meta))];
@@ -996,7 +1013,10 @@ impl Cluster {
                 format!("collection {:?} already exists", spec.name),
             ));
         }
-        let nodes = layout.place(replicas as usize, &[]);
+        // Replicas go to nodes that answer now: a new group is initialized by its first
+        // replica, which must be up to do it.
+        let down = self.unreachable(&layout).await;
+        let nodes = layout.place(replicas as usize, &down);
         if nodes.len() < replicas as usize {
             tracing::warn!(
                 collection = %spec.name,

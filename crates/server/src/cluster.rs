@@ -45,6 +45,9 @@ const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 /// How often the meta leader compares every group's membership with the layout when the
 /// layout does not change.
 const MEMBER_SYNC_EVERY: Duration = Duration::from_secs(5);
+/// How long a new replica may take to catch up (from the log or a snapshot) before its
+/// addition is given up and retried.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
 /// Deadline of the status calls between nodes.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most replicas of one collection.
@@ -494,7 +497,7 @@ impl Cluster {
     /// Proposes the collection's creation in its group if its shard lacks it (the group is
     /// new, or the node that created the collection failed before it was done).
     async fn ensure_collection(&self, local: &LocalGroup, spec: &CollectionSpec) {
-        if local.shard.describe(&spec.name).is_ok() {
+        if local.shard.contains(&spec.name) {
             return;
         }
         match local
@@ -699,7 +702,8 @@ impl Cluster {
                 hops: request.hops + 1,
                 ..request.clone()
             });
-            call.set_timeout(self.forward_timeout().max(Duration::from_secs(600)));
+            // Adding a replica waits for it to catch up.
+            call.set_timeout(CATCH_UP_TIMEOUT);
             match client.change_replicas(call).await {
                 Ok(_) => return Ok(()),
                 Err(status) if status.code() == tonic::Code::Unavailable => {
@@ -720,7 +724,7 @@ impl Cluster {
         // group's repair forever. The poll below has one.
         control::add_learner(&local.raft, group, node, address, false).await?;
         let target = local.view().applied_index;
-        let deadline = Instant::now() + Duration::from_secs(600);
+        let deadline = Instant::now() + CATCH_UP_TIMEOUT;
         loop {
             let applied = self
                 .node_statuses(&[node])
@@ -810,6 +814,11 @@ impl Cluster {
             node_id: self.inner.id,
             groups,
         }
+    }
+
+    /// The meta group as this node sees it.
+    pub fn meta_view(&self) -> GroupView {
+        control::view(&self.inner.meta)
     }
 
     /// The meta group's leader and its address, if one is known.

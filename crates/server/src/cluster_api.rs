@@ -27,30 +27,29 @@ impl ClusterApi {
         Self { cluster }
     }
 
-    /// Every node with its meta role; `reachable` filled from `statuses` when given.
+    /// Every node with its meta role, and whether it answered in `statuses`.
     fn nodes(
         &self,
-        statuses: Option<&BTreeMap<u64, Option<internal::NodeStatusResponse>>>,
+        statuses: &BTreeMap<u64, Option<internal::NodeStatusResponse>>,
     ) -> Vec<v1::NodeInfo> {
-        let layout = self.cluster.layout();
-        let meta = self.cluster.node_status();
-        let meta_group = meta.groups.iter().find(|g| g.group == META_GROUP);
-        layout
+        let meta = self.cluster.meta_view();
+        self.cluster
+            .layout()
             .nodes
             .iter()
             .map(|(id, node)| {
-                let role = match meta_group {
-                    Some(g) if g.voters.contains(id) => "voter",
-                    Some(g) if g.learners.contains(id) => "learner",
-                    _ => "none",
+                let role = if meta.voters.contains(id) {
+                    "voter"
+                } else if meta.learners.contains(id) {
+                    "learner"
+                } else {
+                    "none"
                 };
                 v1::NodeInfo {
                     id: *id,
                     address: node.address.clone(),
                     meta_role: role.to_owned(),
-                    reachable: statuses
-                        .and_then(|s| s.get(id))
-                        .is_some_and(Option::is_some),
+                    reachable: statuses.get(id).is_some_and(Option::is_some),
                 }
             })
             .collect()
@@ -119,17 +118,8 @@ impl ClusterService for ClusterApi {
         let layout = self.cluster.layout();
         let nodes: Vec<u64> = layout.nodes.keys().copied().collect();
         let statuses = self.cluster.node_statuses(&nodes).await;
-        let meta_members: Vec<u64> = {
-            let local = self.cluster.node_status();
-            let mut members: Vec<u64> = local
-                .groups
-                .iter()
-                .find(|g| g.group == META_GROUP)
-                .map(|g| g.voters.iter().chain(&g.learners).copied().collect())
-                .unwrap_or_default();
-            members.sort_unstable();
-            members
-        };
+        let meta = self.cluster.meta_view();
+        let meta_members: Vec<u64> = meta.voters.union(&meta.learners).copied().collect();
         let mut groups = vec![group_status(
             META_GROUP,
             String::new(),
@@ -144,7 +134,7 @@ impl ClusterService for ClusterApi {
         );
         Ok(Response::new(v1::ClusterStatusResponse {
             node_id: self.cluster.id(),
-            nodes: self.nodes(Some(&statuses)),
+            nodes: self.nodes(&statuses),
             groups,
         }))
     }
@@ -157,7 +147,7 @@ impl ClusterService for ClusterApi {
         let nodes: Vec<u64> = layout.nodes.keys().copied().collect();
         let statuses = self.cluster.node_statuses(&nodes).await;
         Ok(Response::new(v1::ListNodesResponse {
-            nodes: self.nodes(Some(&statuses)),
+            nodes: self.nodes(&statuses),
         }))
     }
 

@@ -39,6 +39,7 @@ mod cluster_test;
 pub mod control;
 pub mod group;
 pub mod log_store;
+pub mod machine;
 pub mod meta;
 pub mod network;
 pub mod proposer;
@@ -49,11 +50,12 @@ mod test;
 
 pub use group::{RaftConfig, RaftNode};
 pub use log_store::LogStore;
+pub use machine::{Driven, Machine};
 pub use meta::{ClusterState, MetaCommand, MetaOutcome, MetaStateMachine, Placement, META_GROUP};
 pub use openraft::BasicNode;
 pub use proposer::Proposer;
 pub use server::{Groups, RaftServer};
-pub use state_machine::{SnapshotBuilder, StateMachine};
+pub use state_machine::StateMachine;
 
 /// A Raft group's id: unique per node's database, a key prefix of every record it keeps.
 pub type GroupId = u64;

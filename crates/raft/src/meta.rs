@@ -14,17 +14,17 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 
-use openraft::storage::RaftStateMachine;
-use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use openraft::{AnyError, EntryPayload};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use shoal_storage::Store;
 use shoal_types::{CollectionSpec, Error, ErrorCode, Result};
 use tokio::sync::watch;
 
+use crate::machine::{Driven, Machine};
 use crate::{
-    blocking, Entry, GroupId, LogId, NodeId, Response, Snapshot, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership, TypeConfig,
+    Entry, GroupId, LogId, NodeId, Response, Snapshot, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
 };
 
 /// The meta group's id. Collections' groups are numbered from 1.
@@ -231,13 +231,11 @@ struct MetaApplied {
     state: ClusterState,
 }
 
-/// The meta group's state machine. Clones share the state.
-#[derive(Clone)]
-pub struct MetaStateMachine {
-    inner: Arc<MetaInner>,
-}
+/// The meta group's state machine, as openraft drives it. Clones share the state.
+pub type MetaStateMachine = Driven<MetaMachine>;
 
-struct MetaInner {
+/// The state of the meta group's state machine.
+pub struct MetaMachine {
     store: Arc<Store>,
     applied: Mutex<MetaApplied>,
     publish: watch::Sender<Arc<ClusterState>>,
@@ -251,7 +249,7 @@ fn write_error(e: &Error) -> StorageError {
     StorageIOError::write_state_machine(AnyError::new(e)).into()
 }
 
-impl MetaStateMachine {
+impl Driven<MetaMachine> {
     /// Opens the meta state stored in `store` and a channel that carries every change.
     pub fn open(
         store: Arc<Store>,
@@ -261,21 +259,16 @@ impl MetaStateMachine {
             .map_err(|e| read_error(&e))?
             .unwrap_or_default();
         let (publish, receiver) = watch::channel(Arc::new(applied.state.clone()));
-        let inner = MetaInner {
+        let inner = MetaMachine {
             store,
             applied: Mutex::new(applied),
             publish,
         };
-        Ok((
-            Self {
-                inner: Arc::new(inner),
-            },
-            receiver,
-        ))
+        Ok((Driven(Arc::new(inner)), receiver))
     }
 }
 
-impl MetaInner {
+impl MetaMachine {
     fn apply(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
         let mut applied = self.applied.lock();
         let mut next = applied.clone();
@@ -357,63 +350,31 @@ impl MetaInner {
     }
 }
 
-/// Snapshots of the meta state: the whole state as it is when asked.
-pub struct MetaSnapshotBuilder {
-    inner: Arc<MetaInner>,
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for MetaSnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        self.inner.snapshot()
-    }
-}
-
-impl RaftStateMachine<TypeConfig> for MetaStateMachine {
-    type SnapshotBuilder = MetaSnapshotBuilder;
-
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let applied = self.inner.applied.lock();
-        Ok((applied.last_log_id, applied.membership.clone()))
+impl Machine for MetaMachine {
+    fn applied(&self) -> (Option<LogId>, StoredMembership) {
+        let applied = self.applied.lock();
+        (applied.last_log_id, applied.membership.clone())
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
-    where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let inner = self.inner.clone();
-        blocking(move || inner.apply(entries)).await
+    fn apply(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
+        MetaMachine::apply(self, entries)
     }
 
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        MetaSnapshotBuilder {
-            inner: self.inner.clone(),
-        }
+    /// The state is small: a snapshot is the whole state as applied now.
+    fn build_snapshot(&self) -> Result<Snapshot, StorageError> {
+        self.snapshot()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    fn install(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        MetaMachine::install(self, meta, data)
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
-        let inner = self.inner.clone();
-        let meta = meta.clone();
-        let data = snapshot.into_inner();
-        blocking(move || inner.install(&meta, &data)).await
-    }
-
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        // The state is small: the current snapshot is the state as applied now (none before
-        // anything was applied).
-        if self.inner.applied.lock().last_log_id.is_none() {
+    /// The state as applied now (none before anything was applied).
+    fn current_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
+        if self.applied.lock().last_log_id.is_none() {
             return Ok(None);
         }
-        self.inner.snapshot().map(Some)
+        self.snapshot().map(Some)
     }
 }
 

@@ -22,16 +22,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use openraft::storage::RaftStateMachine;
-use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use openraft::{AnyError, EntryPayload};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use shoal_shard::{Outcome, Shard, ShardImage};
 use shoal_types::{Error, ErrorCode};
 
+use crate::machine::{Driven, Machine};
 use crate::{
-    blocking, Entry, GroupId, LogId, Response, Snapshot, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership, TypeConfig,
+    Entry, GroupId, LogId, Response, Snapshot, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
 };
 
 pub(crate) const APPLIED: &str = "applied";
@@ -55,13 +55,12 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
-/// A group's state machine. Clones share the shard and the applied position.
-#[derive(Clone)]
-pub struct StateMachine {
-    inner: Arc<Inner>,
-}
+/// A group's state machine, as openraft drives it. Clones share the shard and the applied
+/// position.
+pub type StateMachine = Driven<ShardMachine>;
 
-struct Inner {
+/// The state of a shard group's state machine.
+pub struct ShardMachine {
     shard: Arc<Shard>,
     group: GroupId,
     snapshot_path: PathBuf,
@@ -85,7 +84,7 @@ fn snapshot_error(meta: Option<&SnapshotMeta>, e: impl std::fmt::Display) -> Sto
     StorageIOError::write_snapshot(meta.map(|m| m.signature()), AnyError::error(e)).into()
 }
 
-impl StateMachine {
+impl Driven<ShardMachine> {
     /// Opens group `group`'s state machine over `shard`. The current snapshot is kept in
     /// `snapshot_dir`. An interrupted snapshot install is completed first.
     pub fn open(
@@ -104,7 +103,7 @@ impl StateMachine {
             },
             Err(e) => return Err(sm_read_error(&e)),
         };
-        let inner = Inner {
+        let inner = ShardMachine {
             shard,
             group,
             snapshot_path: snapshot_dir.join(format!("raft-group-{group}.snapshot")),
@@ -124,17 +123,15 @@ impl StateMachine {
             tracing::warn!(group, %snapshot_id, "completing an interrupted snapshot install");
             inner.install(&snapshot.meta, &snapshot.data, false)?;
         }
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        Ok(Driven(Arc::new(inner)))
     }
 
     pub fn shard(&self) -> &Arc<Shard> {
-        &self.inner.shard
+        &self.0.shard
     }
 }
 
-impl Inner {
+impl ShardMachine {
     fn apply(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
         let mut applied = self.applied.lock();
         let mut next = applied.clone();
@@ -298,65 +295,28 @@ impl Inner {
     }
 }
 
-/// Builds a snapshot of the state machine as it is when `build_snapshot` runs.
-pub struct SnapshotBuilder {
-    inner: Arc<Inner>,
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let inner = self.inner.clone();
-        blocking(move || inner.build_snapshot()).await
-    }
-}
-
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = SnapshotBuilder;
-
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let applied = self.inner.applied.lock();
-        Ok((applied.last_log_id, applied.membership.clone()))
+impl Machine for ShardMachine {
+    fn applied(&self) -> (Option<LogId>, StoredMembership) {
+        let applied = self.applied.lock();
+        (applied.last_log_id, applied.membership.clone())
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
-    where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let inner = self.inner.clone();
-        blocking(move || inner.apply(entries)).await
+    fn apply(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
+        ShardMachine::apply(self, entries)
     }
 
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder {
-            inner: self.inner.clone(),
-        }
+    fn build_snapshot(&self) -> Result<Snapshot, StorageError> {
+        ShardMachine::build_snapshot(self)
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    fn install(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        ShardMachine::install(self, meta, data, true)
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
-        let inner = self.inner.clone();
-        let meta = meta.clone();
-        let data = snapshot.into_inner();
-        blocking(move || inner.install(&meta, &data, true)).await
-    }
-
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let inner = self.inner.clone();
-        blocking(move || {
-            Ok(inner.read_snapshot()?.map(|stored| Snapshot {
-                meta: stored.meta,
-                snapshot: Box::new(Cursor::new(stored.data)),
-            }))
-        })
-        .await
+    fn current_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self.read_snapshot()?.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
     }
 }

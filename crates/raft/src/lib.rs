@@ -9,6 +9,8 @@
 //!   with `Shard::apply` and records the applied log id and membership.
 //! - [`MetaStateMachine`] holds the cluster's layout ([`ClusterState`]: nodes, collections,
 //!   placement) and publishes every change.
+//! - [`machine`] drives both for openraft ([`Driven`] over a synchronous [`Machine`]), every
+//!   call on the blocking pool.
 //! - [`network`] carries openraft's RPCs to peers over the internal gRPC service
 //!   (`shoal.internal.v1.RaftService`), one connection per peer shared by all groups;
 //!   [`RaftServer`] receives them and routes each to its group.

@@ -48,7 +48,7 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Ports [`free_addr`] draws from: below the ranges operating systems take the local ports of
-/// outgoing connections from (Linux 32768-60999, IANA 49152-65535), for where [`loopback_ip`]
+/// outgoing connections from (Linux 32768-60999, IANA 49152-65535), for where `loopback_ip`
 /// is 127.0.0.1, which outgoing connections on loopback use.
 const TEST_PORTS: std::ops::Range<u16> = 10_000..32_000;
 
@@ -71,7 +71,7 @@ fn loopback_ip() -> Ipv4Addr {
     })
 }
 
-/// A free address on [`loopback_ip`]. Ports are drawn at random (seeded by the process id) and
+/// A free address on `loopback_ip`. Ports are drawn at random (seeded by the process id) and
 /// never handed out twice in one process.
 pub fn free_addr() -> SocketAddr {
     static DRAWN: Mutex<Option<(ChaCha8Rng, HashSet<u16>)>> = Mutex::new(None);

@@ -121,7 +121,7 @@ struct Inner {
 }
 
 impl Cluster {
-    /// Opens the meta group (under `data_dir/meta`); the node serves peers before [`form`].
+    /// Opens the meta group (under `data_dir/meta`); the node serves peers before [`Cluster::form`].
     pub async fn open(
         settings: ClusterConfig,
         address: String,

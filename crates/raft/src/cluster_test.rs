@@ -12,7 +12,7 @@ use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::VoteRequest;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use shoal_shard::Shard;
+use shoal_shard::ShardSlot;
 use shoal_types::{CollectionSpec, Command, IndexParams, Metric, Point, PointId};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -48,7 +48,7 @@ struct TestNode {
     addr: SocketAddr,
     node: RaftNode,
     raft: Raft,
-    shard: Arc<Shard>,
+    shard: Arc<ShardSlot>,
     stop_server: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     /// Last, so the directory outlives everything that uses it.
@@ -58,10 +58,9 @@ struct TestNode {
 impl TestNode {
     async fn start(id: NodeId) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let shard = open_shard(dir.path());
         let node = RaftNode::new(id, config(), tokio::runtime::Handle::current(), None).unwrap();
-        let raft = node
-            .start_group(GROUP, shard.clone(), &dir.path().join("raft-snapshots"))
+        let (raft, shard) = node
+            .start_group(GROUP, dir.path(), open_shard())
             .await
             .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -167,12 +166,12 @@ async fn assert_replicated(nodes: &[&TestNode], index: u64, expected: &BTreeMap<
             .await
             .unwrap();
         assert_eq!(
-            node.shard.count(COLLECTION).unwrap(),
+            node.shard.current().count(COLLECTION).unwrap(),
             expected.len() as u64,
             "node {}",
             node.id
         );
-        let (found, missing) = node.shard.get(COLLECTION, &sample, true).unwrap();
+        let (found, missing) = node.shard.current().get(COLLECTION, &sample, true).unwrap();
         assert!(missing.is_empty(), "node {} misses {missing:?}", node.id);
         for point in found {
             let id = number(&point.id);

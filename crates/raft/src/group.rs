@@ -1,6 +1,7 @@
 //! Running Raft groups on a node: their settings ([`RaftConfig`]) and [`RaftNode`], which
-//! starts a group over a shard (log store and state machine in the shard's database, network
-//! through the node's shared peer connections) and registers it with the node's
+//! starts a group over a shard replica (the state machine over the shard's files, the log in
+//! a database of its own, the network through the node's shared peer connections) and
+//! registers it with the node's
 //! [`RaftServer`](crate::server::RaftServer).
 
 use std::net::IpAddr;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use openraft::SnapshotPolicy;
 use serde::{Deserialize, Serialize};
-use shoal_shard::Shard;
+use shoal_shard::ShardSlot;
 use shoal_storage::Store;
 use shoal_types::{Error, ErrorCode, Result};
 use tokio::runtime::Handle;
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 use crate::meta::{ClusterState, MetaStateMachine, META_GROUP};
 use crate::network::Peers;
 use crate::server::Groups;
+use crate::state_machine::OpenShard;
 use crate::{GroupId, LogStore, NodeId, Raft, StateMachine};
 
 /// Raft settings shared by every group on a node. Times are in milliseconds.
@@ -165,27 +167,35 @@ impl RaftNode {
         &self.groups
     }
 
-    /// Starts group `group` over `shard`: its log and applied state live in the shard's
-    /// database, its snapshots in `snapshot_dir`. The group resumes from what it stored; a
-    /// new group waits, as a follower with no members, to be initialized or added.
+    /// Starts group `group`, a replica of a shard kept in `dir`: the shard's generations
+    /// (opened with `open_shard`) and snapshots as [`StateMachine`] lays them out, the Raft
+    /// log in a database of its own in `dir/raft/log`. The group resumes from what it
+    /// stored; a new group waits, as a follower with no members, to be initialized or added.
+    /// Returns the group and the slot through which the replica's shard is served.
     pub async fn start_group(
         &self,
         group: GroupId,
-        shard: Arc<Shard>,
-        snapshot_dir: &Path,
-    ) -> Result<Raft> {
-        let log = LogStore::new(shard.store().clone(), group)
-            .counting_syncs(shard.metrics().wal_syncs.clone());
-        let snapshot_dir = snapshot_dir.to_owned();
-        let state_machine =
-            tokio::task::spawn_blocking(move || StateMachine::open(shard, group, &snapshot_dir))
-                .await
-                .map_err(|e| Error::internal(format!("opening raft group {group}: {e}")))?
-                .map_err(|e| Error::internal(format!("opening raft group {group}: {e}")))?;
-        self.start(group, log, state_machine).await
+        dir: &Path,
+        open_shard: OpenShard,
+    ) -> Result<(Raft, Arc<ShardSlot>)> {
+        let dir = dir.to_owned();
+        let (log, state_machine) = tokio::task::spawn_blocking(move || {
+            let state_machine = StateMachine::open(&dir, group, open_shard)
+                .map_err(|e| Error::internal(e.to_string()))?;
+            let store = Arc::new(Store::open(&dir.join("raft").join("log"))?);
+            let log = LogStore::new(store, group)
+                .counting_syncs(state_machine.shard().metrics().wal_syncs.clone());
+            Ok::<_, Error>((log, state_machine))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("opening raft group {group}: {e}")))?
+        .map_err(|e| Error::internal(format!("opening raft group {group}: {e}")))?;
+        let slot = state_machine.slot().clone();
+        let raft = self.start(group, log, state_machine).await?;
+        Ok((raft, slot))
     }
 
-    /// Starts the meta group, its log and state in a database of its own at `dir`, and
+    /// Starts the meta group, its log and state in a database of its own in `dir/db`, and
     /// returns it with a channel that carries every change of the cluster's layout.
     pub async fn start_meta(
         &self,
@@ -193,8 +203,8 @@ impl RaftNode {
     ) -> Result<(Raft, watch::Receiver<Arc<ClusterState>>)> {
         let dir = dir.to_owned();
         let (store, state_machine, layout) = tokio::task::spawn_blocking(move || {
-            let store = Arc::new(Store::open(&dir)?);
-            let (state_machine, layout) = MetaStateMachine::open(store.clone())
+            let store = Arc::new(Store::open(&dir.join("db"))?);
+            let (state_machine, layout) = MetaStateMachine::open(store.clone(), &dir.join("spool"))
                 .map_err(|e| Error::internal(e.to_string()))?;
             Ok::<_, Error>((store, state_machine, layout))
         })

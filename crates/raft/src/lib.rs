@@ -3,10 +3,12 @@
 //! - [`TypeConfig`] fixes openraft's types: nodes are `u64` ids with their gRPC address
 //!   ([`BasicNode`]); a log entry carries a [`Request`]: a batch of [`Command`]s for a shard
 //!   group, or one [`MetaCommand`] for the meta group; it yields a [`Response`].
-//! - [`LogStore`] keeps a group's Raft log, vote and committed/purged ids in the group's
-//!   RocksDB (through `shoal-storage`), so one write-ahead log sync makes an append durable.
+//! - [`LogStore`] keeps a group's Raft log, vote and committed/purged ids in a RocksDB
+//!   (through `shoal-storage`); an append is one synced write.
 //! - [`StateMachine`] drives a [`Shard`](shoal_shard::Shard): it applies each entry's commands
-//!   with `Shard::apply` and records the applied log id and membership.
+//!   with `Shard::apply` and records the applied log id and membership. Its snapshots are a
+//!   shard checkpoint (RocksDB checkpoint plus hard-linked segment files) in a file that
+//!   openraft streams in chunks; installing one swaps in a whole new shard directory.
 //! - [`MetaStateMachine`] holds the cluster's layout ([`ClusterState`]: nodes, collections,
 //!   placement) and publishes every change.
 //! - [`machine`] drives both for openraft ([`Driven`] over a synchronous [`Machine`]), every
@@ -20,8 +22,8 @@
 //! - [`Proposer`] is the write path: it checks a command, proposes it and answers once its
 //!   entry is committed and applied.
 //!
-//! Each collection replica has its own RocksDB (its log, applied position and data); the meta
-//! group has another. This crate must not use RocksDB or FAISS directly (it reaches them
+//! Each collection replica has two RocksDB databases (its data with the applied position, and
+//! its log); the meta group has one. This crate must not use RocksDB or FAISS directly (it reaches them
 //! through `shoal-storage` and the shard's `IndexFactory`), nor depend on the binaries
 //! (`shoal-server`, `shoal-cli`).
 
@@ -30,12 +32,11 @@
     reason = "openraft's storage traits fix StorageError, a large type, as the error type"
 )]
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 use shoal_shard::Outcome;
 use shoal_types::{Command, Result};
 
+mod archive;
 #[cfg(test)]
 mod cluster_test;
 pub mod control;
@@ -57,7 +58,7 @@ pub use meta::{ClusterState, MetaCommand, MetaOutcome, MetaStateMachine, Placeme
 pub use openraft::BasicNode;
 pub use proposer::Proposer;
 pub use server::{Groups, RaftServer};
-pub use state_machine::StateMachine;
+pub use state_machine::{OpenShard, StateMachine};
 
 /// A Raft group's id: unique per node's database, a key prefix of every record it keeps.
 pub type GroupId = u64;
@@ -101,7 +102,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

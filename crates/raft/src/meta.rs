@@ -7,11 +7,14 @@
 //!
 //! [`MetaStateMachine`] keeps the state in memory and, on every apply, writes it with the
 //! applied log id and membership as one record of the meta group's `raft_state`. The state is
-//! small (nodes and collections, not points), so a snapshot is the whole record. Every change
+//! small (nodes and collections, not points), so a snapshot is the whole record, encoded into
+//! a nameless file in the group's spool directory. Every change
 //! is published on a [`watch`] channel that the node follows to start and stop shard groups.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::{AnyError, EntryPayload};
@@ -21,9 +24,9 @@ use shoal_storage::Store;
 use shoal_types::{CollectionSpec, Error, ErrorCode, Result};
 use tokio::sync::watch;
 
-use crate::machine::{Driven, Machine};
+use crate::machine::{anonymous_file, Driven, Machine};
 use crate::{
-    Entry, GroupId, LogId, NodeId, Response, Snapshot, SnapshotMeta, StorageError, StorageIOError,
+    Entry, GroupId, LogId, NodeId, Response, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership,
 };
 
@@ -237,6 +240,8 @@ pub type MetaStateMachine = Driven<MetaMachine>;
 /// The state of the meta group's state machine.
 pub struct MetaMachine {
     store: Arc<Store>,
+    /// Where snapshot files are made (they have no name there).
+    spool: PathBuf,
     applied: Mutex<MetaApplied>,
     publish: watch::Sender<Arc<ClusterState>>,
 }
@@ -251,9 +256,12 @@ fn write_error(e: &Error) -> StorageError {
 
 impl Driven<MetaMachine> {
     /// Opens the meta state stored in `store` and a channel that carries every change.
+    /// Opens the meta state machine over `store`; snapshot files are made in `spool`.
     pub fn open(
         store: Arc<Store>,
+        spool: &Path,
     ) -> Result<(Self, watch::Receiver<Arc<ClusterState>>), StorageError> {
+        fs::create_dir_all(spool).map_err(|e| snapshot_error(None, e))?;
         let applied: MetaApplied = store
             .raft_state(META_GROUP, META_APPLIED)
             .map_err(|e| read_error(&e))?
@@ -261,6 +269,7 @@ impl Driven<MetaMachine> {
         let (publish, receiver) = watch::channel(Arc::new(applied.state.clone()));
         let inner = MetaMachine {
             store,
+            spool: spool.to_owned(),
             applied: Mutex::new(applied),
             publish,
         };
@@ -310,32 +319,37 @@ impl MetaMachine {
         batch.commit(sync).map_err(|e| write_error(&e))
     }
 
-    fn snapshot(&self) -> Result<Snapshot, StorageError> {
-        let applied = self.applied.lock();
-        let data = postcard::to_allocvec(&applied.state).map_err(|e| {
-            StorageError::from(StorageIOError::read_state_machine(AnyError::error(e)))
-        })?;
-        let position = applied
-            .last_log_id
-            .map(|id| format!("{}-{}", id.leader_id.term, id.index))
-            .unwrap_or_else(|| "empty".to_owned());
-        Ok(Snapshot {
-            meta: SnapshotMeta {
+    fn snapshot(&self) -> Result<(SnapshotMeta, File), StorageError> {
+        let (meta, data) = {
+            let applied = self.applied.lock();
+            let data = postcard::to_allocvec(&applied.state).map_err(|e| {
+                StorageError::from(StorageIOError::read_state_machine(AnyError::error(e)))
+            })?;
+            let position = applied
+                .last_log_id
+                .map(|id| format!("{}-{}", id.leader_id.term, id.index))
+                .unwrap_or_else(|| "empty".to_owned());
+            let meta = SnapshotMeta {
                 last_log_id: applied.last_log_id,
                 last_membership: applied.membership.clone(),
                 snapshot_id: format!("meta-{position}"),
-            },
-            snapshot: Box::new(Cursor::new(data)),
-        })
+            };
+            (meta, data)
+        };
+        let mut file = anonymous_file(&self.spool).map_err(|e| snapshot_error(Some(&meta), e))?;
+        file.write_all(&data)
+            .and_then(|()| file.seek(SeekFrom::Start(0)))
+            .map_err(|e| snapshot_error(Some(&meta), e))?;
+        Ok((meta, file))
     }
 
-    fn install(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let state: ClusterState = postcard::from_bytes(data).map_err(|e| {
-            StorageError::from(StorageIOError::write_snapshot(
-                Some(meta.signature()),
-                AnyError::error(e),
-            ))
-        })?;
+    fn install(&self, meta: &SnapshotMeta, mut data: File) -> Result<(), StorageError> {
+        let mut bytes = Vec::new();
+        data.seek(SeekFrom::Start(0))
+            .and_then(|_| data.read_to_end(&mut bytes))
+            .map_err(|e| snapshot_error(Some(meta), e))?;
+        let state: ClusterState =
+            postcard::from_bytes(&bytes).map_err(|e| snapshot_error(Some(meta), e))?;
         let mut applied = self.applied.lock();
         let next = MetaApplied {
             last_log_id: meta.last_log_id,
@@ -350,6 +364,10 @@ impl MetaMachine {
     }
 }
 
+fn snapshot_error(meta: Option<&SnapshotMeta>, e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_snapshot(meta.map(|m| m.signature()), AnyError::error(e)).into()
+}
+
 impl Machine for MetaMachine {
     fn applied(&self) -> (Option<LogId>, StoredMembership) {
         let applied = self.applied.lock();
@@ -361,16 +379,20 @@ impl Machine for MetaMachine {
     }
 
     /// The state is small: a snapshot is the whole state as applied now.
-    fn build_snapshot(&self) -> Result<Snapshot, StorageError> {
+    fn build_snapshot(&self) -> Result<(SnapshotMeta, File), StorageError> {
         self.snapshot()
     }
 
-    fn install(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+    fn begin_receiving(&self) -> Result<File, StorageError> {
+        anonymous_file(&self.spool).map_err(|e| snapshot_error(None, e))
+    }
+
+    fn install(&self, meta: &SnapshotMeta, data: File) -> Result<(), StorageError> {
         MetaMachine::install(self, meta, data)
     }
 
     /// The state as applied now (none before anything was applied).
-    fn current_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
+    fn current_snapshot(&self) -> Result<Option<(SnapshotMeta, File)>, StorageError> {
         if self.applied.lock().last_log_id.is_none() {
             return Ok(None);
         }

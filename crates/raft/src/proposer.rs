@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{Fatal, RaftError};
-use shoal_shard::{Outcome, Shard};
+use shoal_shard::{Outcome, ShardSlot};
 use shoal_types::{Command, Error, ErrorCode, Result};
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,7 +36,7 @@ type Pending = (Command, oneshot::Sender<Result<Outcome>>);
 /// proposing task, which stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct Proposer {
-    shard: Arc<Shard>,
+    shard: Arc<ShardSlot>,
     tx: mpsc::Sender<Pending>,
 }
 
@@ -44,22 +44,22 @@ impl Proposer {
     /// Starts the proposing task on the current tokio runtime.
     /// A write not committed within `commit_timeout` is answered UNAVAILABLE (its outcome is
     /// unknown: the entry may still commit later).
-    pub fn start(raft: Raft, group: GroupId, shard: Arc<Shard>, commit_timeout: Duration) -> Self {
+    pub fn start(
+        raft: Raft,
+        group: GroupId,
+        shard: Arc<ShardSlot>,
+        commit_timeout: Duration,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(propose(raft, group, shard.clone(), rx, commit_timeout));
         Self { shard, tx }
-    }
-
-    /// The shard the group drives, for local reads.
-    pub fn shard(&self) -> &Arc<Shard> {
-        &self.shard
     }
 
     /// Checks `cmd`, then commits it through the Raft log and applies it. An acknowledged
     /// write is in a committed entry, which on a single voter means its append was fsynced.
     /// The outcome's `sequence` is the shard sequence number the command was applied at.
     pub async fn submit(&self, cmd: Command) -> Result<Outcome> {
-        let shard = self.shard.clone();
+        let shard = self.shard.current();
         // Validation walks every vector: off the async workers. The check is stateless, so a
         // command that passes can still be rejected when applied (e.g. a missing collection).
         let cmd = tokio::task::spawn_blocking(move || shard.precheck(&cmd).map(|()| cmd))
@@ -80,7 +80,7 @@ impl Proposer {
 async fn propose(
     raft: Raft,
     group: GroupId,
-    shard: Arc<Shard>,
+    shard: Arc<ShardSlot>,
     mut rx: mpsc::Receiver<Pending>,
     commit_timeout: Duration,
 ) {
@@ -109,7 +109,11 @@ async fn propose(
         }
         let (commands, replies): (Vec<Command>, Vec<_>) = batch.drain(..).unzip();
         let count = commands.len();
-        shard.metrics().group_commit_size.observe(count as f64);
+        shard
+            .current()
+            .metrics()
+            .group_commit_size
+            .observe(count as f64);
         let written =
             tokio::time::timeout(commit_timeout, raft.client_write(Request::Shard(commands)));
         let results = match written.await {

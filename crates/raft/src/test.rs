@@ -3,6 +3,7 @@
 //! plus what the suite does not cover: restarts and snapshots that carry points.
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use shoal_types::{CollectionSpec, Command, ErrorCode, IndexParams, Metric, Point
 use tempfile::TempDir;
 
 use crate::log_store::LogStore;
-use crate::state_machine::{Applied, StateMachine, APPLIED, INSTALLING};
+use crate::state_machine::{Applied, OpenShard, StateMachine, APPLIED};
 use crate::{
     BasicNode, Entry, EntryPayload, LogId, Membership, MetaStateMachine, Request, StorageError,
     TypeConfig, META_GROUP,
@@ -23,16 +24,24 @@ use crate::{
 
 const GROUP: u64 = 7;
 
-pub(crate) fn open_shard(dir: &Path) -> Arc<Shard> {
+/// Opens shards with FAISS and default settings.
+pub(crate) fn open_shard() -> OpenShard {
     let metrics = ShardMetrics::new(&prometheus::Registry::new()).unwrap();
-    Arc::new(Shard::open(dir, Arc::new(FaissFactory), ShardConfig::default(), metrics).unwrap())
+    Arc::new(move |dir: &Path| {
+        Shard::open(
+            dir,
+            Arc::new(FaissFactory),
+            ShardConfig::default(),
+            metrics.clone(),
+        )
+    })
 }
 
+/// A replica's stores in `dir`, laid out as `RaftNode::start_group` does.
 fn open(dir: &Path) -> (LogStore, StateMachine) {
-    let shard = open_shard(dir);
-    let log = LogStore::new(shard.store().clone(), GROUP);
-    let sm = StateMachine::open(shard, GROUP, &dir.join("snapshots")).unwrap();
-    (log, sm)
+    let sm = StateMachine::open(dir, GROUP, open_shard()).unwrap();
+    let store = shoal_storage::Store::open(&dir.join("raft").join("log")).unwrap();
+    (LogStore::new(Arc::new(store), GROUP), sm)
 }
 
 /// Fresh stores in a temporary directory, which lives as long as the test's stores.
@@ -59,7 +68,7 @@ impl StoreBuilder<TypeConfig, LogStore, MetaStateMachine, TempDir> for MetaBuild
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(shoal_storage::Store::open(dir.path()).unwrap());
         let log = LogStore::new(store.clone(), META_GROUP);
-        let (sm, _layout) = MetaStateMachine::open(store)?;
+        let (sm, _layout) = MetaStateMachine::open(store, &dir.path().join("spool"))?;
         Ok((dir, log, sm))
     }
 }
@@ -179,7 +188,8 @@ fn log_and_applied_state_survive_a_restart_and_reapplied_entries_are_skipped() {
         );
         assert_eq!(log.try_get_log_entries(1..3).await.unwrap().len(), 2);
         // As after a crash between entry 2's commands and its applied record.
-        let mut batch = sm.shard().store().batch();
+        let shard = sm.shard();
+        let mut batch = shard.store().batch();
         let before = Applied {
             last_log_id: after_membership.0,
             membership: after_membership.1.clone(),
@@ -275,15 +285,58 @@ fn snapshots_carry_points_and_replace_the_receivers_state() {
 }
 
 #[test]
-fn an_interrupted_snapshot_install_is_completed_at_open() {
+fn an_install_replaces_the_shard_directory_and_an_interrupted_one_leaves_no_trace() {
     let leader_dir = tempfile::tempdir().unwrap();
     let follower_dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let meta = rt.block_on(async {
+    let follower = follower_dir.path();
+    rt.block_on(async {
         let (_, mut leader) = open(leader_dir.path());
-        let (_, mut follower) = open(follower_dir.path());
+        let (_, mut sm) = open(follower);
         leader
             .apply([entry(1, vec![create("a"), upsert("a", 0..100)])])
+            .await
+            .unwrap();
+        sm.apply([entry(1, vec![create("old")])]).await.unwrap();
+        let before = sm.shard();
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        sm.install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(fs::read_to_string(follower.join("CURRENT")).unwrap(), "1");
+        // The replaced shard stays usable while someone holds it; its files go after.
+        assert_eq!(before.count("old").unwrap(), 0);
+        assert!(follower.join("data-0").exists());
+        drop(before);
+        assert!(!follower.join("data-0").exists());
+        assert_eq!(sm.shard().count("a").unwrap(), 100);
+    });
+    // As if the process died while the next install was unpacking: a partial generation
+    // and a partial received file.
+    fs::create_dir_all(follower.join("data-2").join("db")).unwrap();
+    fs::write(follower.join("data-2").join("db").join("CURRENT"), b"junk").unwrap();
+    fs::write(follower.join("raft").join("incoming"), b"partial").unwrap();
+    let (_, sm) = open(follower);
+    assert_eq!(sm.shard().count("a").unwrap(), 100);
+    assert!(sm.shard().count("old").is_err());
+    assert!(!follower.join("data-2").exists());
+    assert!(!follower.join("raft").join("incoming").exists());
+}
+
+#[test]
+fn a_snapshot_file_that_does_not_match_its_meta_is_refused() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (_, mut leader) = open(leader_dir.path());
+        let (_, mut sm) = open(follower_dir.path());
+        leader
+            .apply([entry(1, vec![create("a"), upsert("a", 0..10)])])
             .await
             .unwrap();
         let snapshot = leader
@@ -292,37 +345,19 @@ fn an_interrupted_snapshot_install_is_completed_at_open() {
             .build_snapshot()
             .await
             .unwrap();
-        follower
-            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        let mut meta = snapshot.meta.clone();
+        meta.last_log_id = Some(log_id(1, 9));
+        assert!(sm.install_snapshot(&meta, snapshot.snapshot).await.is_err());
+        // Garbage where a snapshot should be.
+        let mut garbage = sm.begin_receiving_snapshot().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut *garbage, &[0xff; 64])
             .await
             .unwrap();
-        // As if the process died during the install: the marker is still there and the
-        // shard holds something else.
-        let shard = follower.shard();
-        let sequence = shard.applied_sequence().unwrap();
-        shard.apply(sequence + 1, create("half")).unwrap();
-        let mut batch = shard.store().batch();
-        batch
-            .put_raft_state(GROUP, INSTALLING, &snapshot.meta.snapshot_id)
-            .unwrap();
-        batch.commit(true).unwrap();
-        snapshot.meta
-    });
-    rt.block_on(async {
-        let (_, mut follower) = open(follower_dir.path());
-        let shard = follower.shard();
-        assert!(shard.count("half").is_err());
-        assert_eq!(shard.count("a").unwrap(), 100);
-        assert_eq!(shard.applied_sequence().unwrap(), 2);
+        assert!(sm.install_snapshot(&snapshot.meta, garbage).await.is_err());
+        assert_eq!(sm.applied_state().await.unwrap().0, None);
         assert_eq!(
-            follower.applied_state().await.unwrap(),
-            (meta.last_log_id, meta.last_membership.clone())
+            fs::read_to_string(follower_dir.path().join("CURRENT")).unwrap(),
+            "0"
         );
     });
-    let (_, sm) = open(follower_dir.path());
-    assert_eq!(
-        sm.shard().count("a").unwrap(),
-        100,
-        "the marker was cleared"
-    );
 }

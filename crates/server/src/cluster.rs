@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,10 +26,10 @@ use shoal_proto::internal::v1 as internal;
 use shoal_proto::internal::v1::node_service_client::NodeServiceClient;
 use shoal_raft::control::{self, GroupView};
 use shoal_raft::{
-    ClusterState, GroupId, MetaCommand, MetaOutcome, NodeId, Placement, Proposer, Raft, RaftNode,
-    META_GROUP,
+    ClusterState, GroupId, MetaCommand, MetaOutcome, NodeId, OpenShard, Placement, Proposer, Raft,
+    RaftNode, META_GROUP,
 };
-use shoal_shard::{CpuPool, Maintenance, Shard, ShardConfig, ShardMetrics};
+use shoal_shard::{CpuPool, Maintenance, Shard, ShardConfig, ShardMetrics, ShardSlot};
 use shoal_types::{CollectionSpec, Command, Error, ErrorCode, Limits, Result};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
@@ -68,13 +68,18 @@ pub struct LocalGroup {
     pub collection: String,
     pub raft: Raft,
     pub proposer: Proposer,
-    pub shard: Arc<Shard>,
+    slot: Arc<ShardSlot>,
     maintenance: Mutex<Option<Maintenance>>,
 }
 
 impl LocalGroup {
     pub fn view(&self) -> GroupView {
         control::view(&self.raft)
+    }
+
+    /// The replica's shard now (a snapshot install replaces it whole).
+    pub fn shard(&self) -> Arc<Shard> {
+        self.slot.current()
     }
 }
 
@@ -135,7 +140,7 @@ impl Cluster {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
         }
-        let (meta, layout) = raft.start_meta(&meta_dir.join("db")).await?;
+        let (meta, layout) = raft.start_meta(&meta_dir).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 id: raft.id(),
@@ -387,21 +392,11 @@ impl Cluster {
         let dir = env.data_dir.join("groups").join(group.to_string());
         let (factory, config, metrics) =
             (env.factory.clone(), env.config.clone(), env.metrics.clone());
-        let shard_dir = dir.clone();
-        let shard = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&shard_dir)
-                .map_err(|e| Error::internal(format!("creating {}: {e}", shard_dir.display())))?;
-            Shard::open(&shard_dir, factory, config, metrics)
-        })
-        .await
-        .map_err(|e| Error::internal(format!("opening group {group}: {e}")))??;
-        let shard = Arc::new(shard);
-        let maintenance = Maintenance::start(shard.clone(), env.build_pool.clone())?;
-        let raft = self
-            .inner
-            .raft
-            .start_group(group, shard.clone(), &dir.join("raft"))
-            .await?;
+        let open_shard: OpenShard = Arc::new(move |dir: &Path| {
+            Shard::open(dir, factory.clone(), config.clone(), metrics.clone())
+        });
+        let (raft, slot) = self.inner.raft.start_group(group, &dir, open_shard).await?;
+        let maintenance = Maintenance::start(slot.clone(), env.build_pool.clone())?;
         if placement.replicas.first() == Some(&self.inner.id) {
             let members: BTreeMap<NodeId, String> = placement
                 .replicas
@@ -421,13 +416,13 @@ impl Cluster {
             }
         }
         let commit_timeout = Duration::from_millis(self.inner.raft.config().commit_timeout_ms);
-        let proposer = Proposer::start(raft.clone(), group, shard.clone(), commit_timeout);
+        let proposer = Proposer::start(raft.clone(), group, slot.clone(), commit_timeout);
         let local = Arc::new(LocalGroup {
             group,
             collection: placement.spec.name.clone(),
             raft,
             proposer,
-            shard,
+            slot,
             maintenance: Mutex::new(Some(maintenance)),
         });
         self.inner.local.write().insert(group, local.clone());
@@ -497,7 +492,7 @@ impl Cluster {
     /// Proposes the collection's creation in its group if its shard lacks it (the group is
     /// new, or the node that created the collection failed before it was done).
     async fn ensure_collection(&self, local: &LocalGroup, spec: &CollectionSpec) {
-        if local.shard.contains(&spec.name) {
+        if local.shard().contains(&spec.name) {
             return;
         }
         match local
@@ -883,7 +878,7 @@ impl Cluster {
         if let Some(local) = self.local_group(placement.group) {
             let here = match want {
                 // A replica still catching up may not have the collection yet.
-                Want::Any => local.shard.contains(name),
+                Want::Any => local.shard().contains(name),
                 Want::Leader => local.view().leader == Some(self.inner.id),
             };
             if here {
@@ -1227,10 +1222,7 @@ impl Cluster {
     }
 
     pub fn shards(&self) -> Vec<Arc<Shard>> {
-        self.local_groups()
-            .iter()
-            .map(|l| l.shard.clone())
-            .collect()
+        self.local_groups().iter().map(|l| l.shard()).collect()
     }
 }
 

@@ -166,7 +166,8 @@ impl Api {
         placement: &Placement,
     ) -> Result<v1::CollectionInfo, Status> {
         let name = placement.spec.name.clone();
-        let description = Self::blocking(&local.shard, move |shard| shard.describe(&name)).await?;
+        let description =
+            Self::blocking(&local.shard(), move |shard| shard.describe(&name)).await?;
         let mut info = collection_info(description);
         info.replication_factor = placement.replication_factor;
         info.replicas = placement.replicas.clone();
@@ -425,7 +426,7 @@ impl PointService for Api {
                 (_, Target::Local(local)) => {
                     let ids = ids_from_wire(req.ids).map_err(bad)?;
                     let (collection, with_vectors) = (req.collection, req.with_vectors);
-                    let (points, missing) = Self::blocking(&local.shard, move |shard| {
+                    let (points, missing) = Self::blocking(&local.shard(), move |shard| {
                         shard.get(&collection, &ids, with_vectors)
                     })
                     .await?;
@@ -491,7 +492,7 @@ impl PointService for Api {
             match self.route(&req.collection, want, true).await? {
                 (_, Target::Local(local)) => {
                     let name = req.collection;
-                    Self::blocking(&local.shard, move |shard| shard.count(&name))
+                    Self::blocking(&local.shard(), move |shard| shard.count(&name))
                         .await
                         .map(|count| Response::new(v1::CountResponse { count }))
                 }
@@ -517,7 +518,7 @@ impl PointService for Api {
             let want = want(req.consistency)?;
             match self.route(&req.collection, want, true).await? {
                 (_, Target::Local(local)) => {
-                    let shard = local.shard.clone();
+                    let shard = local.shard();
                     let params = search_params_from_wire(req.params);
                     let queries: Vec<Vec<f32>> =
                         req.queries.into_iter().map(|q| q.values).collect();

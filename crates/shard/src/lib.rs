@@ -5,6 +5,8 @@
 //!   it writes to RocksDB and to memory depends only on the commands applied before, so two
 //!   replicas that apply the same sequence hold the same points. Ordering and durability
 //!   come from the Raft log that drives it (`shoal-raft`), not from this crate.
+//! - [`Shard::checkpoint`] copies a shard by hard links (Raft snapshots); a replica serves
+//!   through a [`ShardSlot`], so an installed copy replaces the shard whole.
 //! - [`Maintenance`] seals and merges segments on a bounded CPU pool, off the write path.
 //!
 //! This crate must not depend on FAISS, gRPC or any network code; the index implementation
@@ -14,11 +16,10 @@ mod maintenance;
 mod metrics;
 mod pool;
 mod shard;
+mod slot;
 
 pub use maintenance::Maintenance;
 pub use metrics::ShardMetrics;
 pub use pool::CpuPool;
-pub use shard::{
-    CollectionDescription, CollectionImage, ExportView, Outcome, SearchHit, Shard, ShardConfig,
-    ShardImage,
-};
+pub use shard::{CollectionDescription, Outcome, SearchHit, Shard, ShardConfig};
+pub use slot::ShardSlot;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use shoal_types::{Error, Result};
 
 use crate::pool::CpuPool;
-use crate::shard::Shard;
+use crate::slot::ShardSlot;
 
 /// How often collections are checked for seal, merge and compaction work.
 const POLL: Duration = Duration::from_millis(200);
@@ -19,13 +19,15 @@ pub struct Maintenance {
 }
 
 impl Maintenance {
-    pub fn start(shard: Arc<Shard>, pool: CpuPool) -> Result<Self> {
+    /// Maintains whichever shard `slot` holds at each poll.
+    pub fn start(slot: Arc<ShardSlot>, pool: CpuPool) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let handle = thread::Builder::new()
             .name("shoal-maintenance".into())
             .spawn(move || {
                 while !stopping.load(Ordering::Acquire) {
+                    let shard = slot.current();
                     for (index, coll_id, job) in shard.next_jobs() {
                         let shard = shard.clone();
                         tracing::debug!(collection = %index.spec().name, job = %job.describe(), "maintenance job");

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use shoal_index::{
-    CollectionIndex, IndexFactory, IndexState, MaintenanceJob, SegmentConfig, SegmentMeta,
-    SegmentOrigin, SegmentSummary, VectorSource,
+    CollectionIndex, IndexFactory, IndexState, MaintenanceJob, SegmentConfig, SegmentFiles,
+    SegmentMeta, SegmentOrigin, SegmentSummary, VectorSource,
 };
-use shoal_storage::{Store, View};
+use shoal_storage::Store;
 use shoal_types::{
     validate_ids, CollectionSpec, Command, Error, ErrorCode, Limits, Point, PointId, Result,
     SearchParams,
@@ -52,25 +52,6 @@ pub struct Outcome {
     pub affected: u64,
 }
 
-/// A shard's whole logical state: every collection's spec and live points, and the sequence
-/// number of the last command applied. Row numbers, collection ids and segments are local
-/// details and are not part of it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ShardImage {
-    pub sequence: u64,
-    pub collections: Vec<CollectionImage>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CollectionImage {
-    pub spec: CollectionSpec,
-    /// In storage row order, which is write order.
-    pub points: Vec<Point>,
-}
-
-/// Points per write batch when a [`ShardImage`] is restored.
-const RESTORE_BATCH: usize = 1024;
-
 /// One search hit, with its vector when asked for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchHit {
@@ -90,57 +71,40 @@ pub struct CollectionDescription {
     pub memory_bytes: u64,
 }
 
-/// A shard's state at one point, for [`ShardImage`]s (see [`Shard::export_view`]).
-pub struct ExportView<'a> {
-    view: View<'a>,
-    collections: Vec<Arc<Collection>>,
-    sequence: u64,
-}
-
-impl ExportView<'_> {
-    /// The sequence number of the last command the view includes.
-    pub fn sequence(&self) -> u64 {
-        self.sequence
-    }
-
-    /// Copies every collection's spec and live points as of the view.
-    pub fn image(self) -> Result<ShardImage> {
-        let collections = self
-            .collections
-            .iter()
-            .map(|coll| {
-                let points = self
-                    .view
-                    .rows_from(coll.id, 0)?
-                    .into_iter()
-                    .map(|r| Point {
-                        id: r.id,
-                        vector: r.vector,
-                    })
-                    .collect();
-                Ok(CollectionImage {
-                    spec: coll.index.spec().clone(),
-                    points,
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(ShardImage {
-            sequence: self.sequence,
-            collections,
-        })
-    }
-}
-
 /// One replica's state machine over RocksDB and the segmented index.
 pub struct Shard {
     store: Arc<Store>,
     factory: Arc<dyn IndexFactory>,
     config: ShardConfig,
+    data_dir: PathBuf,
     segments_dir: PathBuf,
     collections: RwLock<BTreeMap<String, Arc<Collection>>>,
     /// Serialises appliers; in a replicated node there is exactly one anyway.
     apply_lock: Mutex<()>,
     metrics: ShardMetrics,
+    /// Last: fields drop in order, so the database is closed before this deletes its files.
+    retired: Retired,
+}
+
+/// A directory to delete when the shard that used it is dropped.
+#[derive(Default)]
+struct Retired {
+    dir: Mutex<Option<PathBuf>>,
+}
+
+impl Drop for Retired {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.get_mut().take() {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {
+                    tracing::info!(path = %dir.display(), "removed a replaced replica's files")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %dir.display(), error = %e, "could not remove a replaced replica's files")
+                }
+            }
+        }
+    }
 }
 
 impl Shard {
@@ -175,10 +139,12 @@ impl Shard {
             store,
             factory,
             config,
+            data_dir: data_dir.to_owned(),
             segments_dir,
             collections: RwLock::new(collections),
             apply_lock: Mutex::new(()),
             metrics,
+            retired: Retired::default(),
         })
     }
 
@@ -221,8 +187,8 @@ impl Shard {
         &self.metrics
     }
 
-    /// The node's database, which the Raft log store shares so that one write-ahead log sync
-    /// covers both.
+    /// The shard's database; the Raft state machine keeps its applied position in it, so the
+    /// two always agree.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
@@ -413,46 +379,44 @@ impl Shard {
         Ok(Outcome { sequence, affected })
     }
 
-    /// A consistent copy of the whole logical state.
-    pub fn export(&self) -> Result<ShardImage> {
-        self.export_view()?.image()
-    }
-
-    /// The state as of now, to be copied with [`ExportView::image`]: taking it blocks
-    /// applies only for an instant (a RocksDB snapshot), the copy none at all.
-    pub fn export_view(&self) -> Result<ExportView<'_>> {
+    /// Writes a copy of the shard as it is now to `dir` (which must not exist), in the
+    /// layout [`Shard::open`] reads: a RocksDB checkpoint in `db/` and every sealed segment's
+    /// files hard-linked into `segments/`. Applies and segment installs wait meanwhile, so
+    /// the copy holds whole commands and only segments its database records; it costs a
+    /// memtable flush and links, not a copy of the data. Returns the applied sequence the
+    /// copy holds.
+    pub fn checkpoint(&self, dir: &Path) -> Result<u64> {
         let _applier = self.apply_lock.lock();
-        Ok(ExportView {
-            view: self.store.view(),
-            collections: self.collections.read().values().cloned().collect(),
-            sequence: self.applied_sequence()?,
-        })
-    }
-
-    /// Replaces the whole state with `image`: every collection is dropped, then the image's
-    /// collections are created and filled. Afterwards the applied sequence is the image's.
-    /// Writes are not synced; the caller makes them durable.
-    pub fn restore(&self, image: ShardImage) -> Result<()> {
-        let _applier = self.apply_lock.lock();
-        let sequence = image.sequence;
-        let names: Vec<String> = self.collections.read().keys().cloned().collect();
-        for name in names {
-            self.apply_drop(sequence, &name)?;
-        }
-        for coll in image.collections {
-            let name = coll.spec.name.clone();
-            self.apply_create(sequence, coll.spec)?;
-            let mut points = coll.points.into_iter().peekable();
-            while points.peek().is_some() {
-                let chunk: Vec<Point> = points.by_ref().take(RESTORE_BATCH).collect();
-                self.apply_upsert(sequence, &name, chunk)?;
+        // Segment installs hold a read lock from their record's commit to the install.
+        let collections = self.collections.write();
+        self.store.checkpoint(&dir.join("db"))?;
+        for coll in collections.values() {
+            let from = self.segments_dir.join(coll.id.to_string());
+            let to = dir.join("segments").join(coll.id.to_string());
+            fs::create_dir_all(&to)
+                .map_err(|e| Error::internal(format!("creating {}: {e}", to.display())))?;
+            for meta in self.store.segments::<SegmentMeta>(coll.id)? {
+                let files = SegmentFiles::new(&from, meta.id);
+                for file in [files.index, files.rows] {
+                    let Some(name) = file.file_name() else {
+                        continue;
+                    };
+                    fs::hard_link(&file, to.join(name)).map_err(|e| {
+                        Error::internal(format!(
+                            "linking {} into a checkpoint: {e}",
+                            file.display()
+                        ))
+                    })?;
+                }
             }
         }
-        let mut batch = self.store.batch();
-        batch.put_counter(APPLIED, sequence);
-        batch.commit(false)?;
-        self.metrics.applied_sequence.set(sequence as i64);
-        Ok(())
+        self.applied_sequence()
+    }
+
+    /// Deletes the shard's directory once the shard is closed (its last handle dropped):
+    /// for a replica that a newer copy replaced.
+    pub fn retire(&self) {
+        *self.retired.dir.lock() = Some(self.data_dir.clone());
     }
 
     /// Persists everything for a fast next start: memtables go to SST files, so nothing is
@@ -1074,11 +1038,9 @@ mod tests {
     }
 
     #[test]
-    fn restoring_an_export_reproduces_the_state_and_replaces_what_was_there() {
-        let source_dir = tempfile::tempdir().unwrap();
-        let target_dir = tempfile::tempdir().unwrap();
-        let source = open(source_dir.path(), 100);
-        let target = open(target_dir.path(), 100);
+    fn a_checkpoint_opens_as_the_same_shard_with_its_sealed_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = open(&dir.path().join("source"), 100);
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         let mut log = Applier {
             shard: &source,
@@ -1092,33 +1054,60 @@ mod tests {
         })
         .unwrap();
         settle(&source);
+        // Growing rows and a tombstone on top of the sealed segments.
+        log.apply(Command::Upsert {
+            collection: "c".into(),
+            points: random_points(&mut rng, 250..260),
+        })
+        .unwrap();
         log.apply(Command::Delete {
             collection: "c".into(),
             ids: vec![PointId::Num(4)],
         })
         .unwrap();
-        let mut other = spec("Flat", Metric::Cosine);
-        other.name = "other".into();
-        Applier {
-            shard: &target,
-            seq: 0,
-        }
-        .apply(Command::CreateCollection(other))
-        .unwrap();
 
-        let image = source.export().unwrap();
-        assert_eq!(image.sequence, 3);
-        assert_eq!(image.collections[0].points.len(), 249);
-        target.restore(image.clone()).unwrap();
-        assert_eq!(target.export().unwrap(), image);
-        assert!(target.count("other").is_err());
-        assert_eq!(target.applied_sequence().unwrap(), 3);
+        let copy_dir = dir.path().join("copy");
+        fs::create_dir_all(&copy_dir).unwrap();
+        assert_eq!(source.checkpoint(&copy_dir).unwrap(), 4);
+        // Later writes to the source are not in the copy (this one is far from every query).
+        log.apply(Command::Upsert {
+            collection: "c".into(),
+            points: vec![Point {
+                id: PointId::Num(1000),
+                vector: vec![100.0; DIM],
+            }],
+        })
+        .unwrap();
+        let copy = open(&copy_dir, 100);
+        assert_eq!(copy.applied_sequence().unwrap(), 4);
+        assert_eq!(copy.count("c").unwrap(), 259);
+        let segments = copy.describe("c").unwrap().segments;
+        assert!(
+            segments
+                .iter()
+                .any(|s| s.origin == Some(SegmentOrigin::Loaded)),
+            "sealed segments are loaded from the linked files, not rebuilt: {segments:?}"
+        );
+        let (_, missing) = copy
+            .get(
+                "c",
+                &[PointId::Num(4), PointId::Num(5), PointId::Num(1000)],
+                false,
+            )
+            .unwrap();
+        assert_eq!(missing, vec![PointId::Num(4), PointId::Num(1000)]);
         for q in random_points(&mut rng, 0..5) {
             assert_eq!(
-                search_ids(&target, &q.vector, 10),
+                search_ids(&copy, &q.vector, 10),
                 search_ids(&source, &q.vector, 10)
             );
         }
+
+        // A retired shard's directory goes when the shard is closed.
+        copy.retire();
+        assert!(copy_dir.exists());
+        drop(copy);
+        assert!(!copy_dir.exists());
     }
 
     #[test]

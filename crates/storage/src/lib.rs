@@ -13,9 +13,10 @@
 //!
 //! A write is one RocksDB `WriteBatch`, so it is applied atomically; with `sync` the call
 //! returns only once the write-ahead log is on disk. Every column family shares one
-//! write-ahead log, so a synced Raft append also makes every earlier write durable.
+//! write-ahead log, so a synced write also makes every earlier write durable.
+//! [`Store::checkpoint`] copies a database by hard links, for Raft snapshots.
 
 mod keys;
 mod store;
 
-pub use store::{Batch, Store, StoredRow, View};
+pub use store::{Batch, Store, StoredRow};

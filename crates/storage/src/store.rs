@@ -2,9 +2,10 @@ use std::collections::HashMap;
 use std::ops::RangeInclusive;
 use std::path::Path;
 
+use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options,
-    ReadOptions, Snapshot, WriteBatch, WriteOptions, DB,
+    WriteBatch, WriteOptions, DB,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -53,20 +54,6 @@ pub struct StoredRow {
     pub vector: Vec<f32>,
 }
 
-/// A point-in-time view of a [`Store`] (a RocksDB snapshot).
-pub struct View<'a> {
-    store: &'a Store,
-    snapshot: Snapshot<'a>,
-}
-
-impl View<'_> {
-    /// [`Store::rows_from`] as of the view.
-    pub fn rows_from(&self, coll: u32, from_row: u64) -> Result<Vec<StoredRow>> {
-        self.store
-            .rows_from_at(Some(&self.snapshot), coll, from_row)
-    }
-}
-
 /// A node's RocksDB database.
 pub struct Store {
     db: DB,
@@ -104,30 +91,11 @@ impl Store {
         what: &str,
         from: &[u8],
         to: &[u8],
-        visit: impl FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<()> {
-        self.scan_at(None, cf, what, from, to, visit)
-    }
-
-    /// [`Self::scan`] as of `snapshot`, or of now.
-    fn scan_at(
-        &self,
-        snapshot: Option<&Snapshot<'_>>,
-        cf: &str,
-        what: &str,
-        from: &[u8],
-        to: &[u8],
         mut visit: impl FnMut(&[u8], &[u8]) -> Result<()>,
     ) -> Result<()> {
-        let mut options = ReadOptions::default();
-        if let Some(snapshot) = snapshot {
-            options.set_snapshot(snapshot);
-        }
-        let iter = self.db.iterator_cf_opt(
-            self.cf(cf),
-            options,
-            IteratorMode::From(from, Direction::Forward),
-        );
+        let iter = self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(from, Direction::Forward));
         for item in iter {
             let (key, value) = item.map_err(|e| db_error(what, e))?;
             if key.as_ref() >= to {
@@ -217,43 +185,18 @@ impl Store {
 
     /// Every stored row of a collection at or above `from_row`, ascending.
     pub fn rows_from(&self, coll: u32, from_row: u64) -> Result<Vec<StoredRow>> {
-        self.rows_from_at(None, coll, from_row)
-    }
-
-    /// A consistent read-only view of the database as it is now: later writes are not seen
-    /// through it. Cheap to take (no copy); it pins the versions it sees until dropped.
-    pub fn view(&self) -> View<'_> {
-        View {
-            store: self,
-            snapshot: self.db.snapshot(),
-        }
-    }
-
-    fn rows_from_at(
-        &self,
-        snapshot: Option<&Snapshot<'_>>,
-        coll: u32,
-        from_row: u64,
-    ) -> Result<Vec<StoredRow>> {
         let start = numbered_key(coll, from_row);
         let (_, to) = collection_range(coll);
         let mut out = Vec::new();
-        self.scan_at(
-            snapshot,
-            CF_ROWS,
-            "scanning rows",
-            &start,
-            &to,
-            |key, value| {
-                let (id, vector) = decode_row(value)?;
-                out.push(StoredRow {
-                    row: number_from_key(key)?,
-                    id,
-                    vector,
-                });
-                Ok(())
-            },
-        )?;
+        self.scan(CF_ROWS, "scanning rows", &start, &to, |key, value| {
+            let (id, vector) = decode_row(value)?;
+            out.push(StoredRow {
+                row: number_from_key(key)?,
+                id,
+                vector,
+            });
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -339,6 +282,17 @@ impl Store {
                 .map_err(|e| db_error("flushing memtables", e))?;
         }
         Ok(())
+    }
+
+    /// Writes a consistent copy of the database as it is now to `dir`, which must not exist:
+    /// memtables are flushed, then the SST files are hard-linked (copied across file
+    /// systems). The copy opens with [`Store::open`] like any database.
+    pub fn checkpoint(&self, dir: &Path) -> Result<()> {
+        let checkpoint =
+            Checkpoint::new(&self.db).map_err(|e| db_error("preparing a checkpoint", e))?;
+        checkpoint
+            .create_checkpoint(dir)
+            .map_err(|e| db_error(&format!("writing a checkpoint to {}", dir.display()), e))
     }
 
     /// Makes every write so far durable (fsyncs the write-ahead log).

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use shoal_types::{Error, ErrorCode, Result};
 
@@ -84,11 +84,17 @@ pub async fn initialize(
         .map(|(id, addr)| (id, BasicNode::new(addr)))
         .collect();
     let voters: Vec<NodeId> = members.keys().copied().collect();
-    raft.initialize(members)
-        .await
-        .map_err(|e| Error::internal(format!("initializing raft group {group}: {e}")))?;
-    tracing::info!(group, ?voters, "raft group initialized");
-    Ok(true)
+    match raft.initialize(members).await {
+        Ok(()) => {
+            tracing::info!(group, ?voters, "raft group initialized");
+            Ok(true)
+        }
+        // Another initializer's vote request arrived first.
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
+        Err(e) => Err(Error::internal(format!(
+            "initializing raft group {group}: {e}"
+        ))),
+    }
 }
 
 /// Adds `node` (at `addr`) to the group this node leads as a learner. With `wait`, returns

@@ -52,6 +52,10 @@ pub struct Placement {
     pub replication_factor: u32,
     /// Nodes that hold (or are receiving) a replica, in the order they were added.
     pub replicas: Vec<NodeId>,
+    /// The replicas the group was created with, and their addresses: its first voters. Each
+    /// of them that finds the group new initializes it with exactly this membership, which
+    /// openraft allows, so the group starts as soon as a majority of them runs.
+    pub founders: BTreeMap<NodeId, String>,
 }
 
 impl Placement {
@@ -153,6 +157,10 @@ impl ClusterState {
                 }
                 let group = self.next_group;
                 self.next_group += 1;
+                let founders = replicas
+                    .iter()
+                    .filter_map(|n| Some((*n, self.nodes.get(n)?.address.clone())))
+                    .collect();
                 self.collections.insert(
                     spec.name.clone(),
                     Placement {
@@ -160,6 +168,7 @@ impl ClusterState {
                         group,
                         replication_factor,
                         replicas,
+                        founders,
                     },
                 );
                 Ok(MetaOutcome::Created { group })

@@ -5,7 +5,7 @@
 //!   only voter) or, given `cluster.join`, asks a member to add it. A node with state resumes.
 //! - **Reconciling**: the meta group's [`ClusterState`] says which nodes hold each
 //!   collection's replicas. A loop, woken by every change and by a timer, starts the groups
-//!   this node should hold (the first replica initializes a new group), stops and deletes the
+//!   this node should hold (each founding replica initializes a new group), stops and deletes the
 //!   ones it should not, and makes sure each group it leads has its collection. On the meta
 //!   leader it also repairs: nodes into the meta group (voters up to `meta_voters`), new
 //!   replicas for under-replicated collections, and group memberships that differ from the
@@ -354,7 +354,7 @@ impl Cluster {
             .collect();
         for (group, placement) in &wanted {
             if self.local_group(*group).is_none() {
-                if let Err(e) = self.open_group(&layout, placement).await {
+                if let Err(e) = self.open_group(placement).await {
                     tracing::warn!(group, collection = %placement.spec.name, error = %e, "cannot start the group");
                 }
             }
@@ -384,9 +384,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// Opens this node's replica of `placement`'s group; the first replica initializes a new
-    /// group with every replica as a voter.
-    async fn open_group(&self, layout: &ClusterState, placement: &Placement) -> Result<()> {
+    /// Opens this node's replica of `placement`'s group; a founder of a new group starts it
+    /// with the founders as its voters (see below).
+    async fn open_group(&self, placement: &Placement) -> Result<()> {
         let env = &self.inner.env;
         let group = placement.group;
         let dir = env.data_dir.join("groups").join(group.to_string());
@@ -397,13 +397,13 @@ impl Cluster {
         });
         let (raft, slot) = self.inner.raft.start_group(group, &dir, open_shard).await?;
         let maintenance = Maintenance::start(slot.clone(), env.build_pool.clone())?;
-        if placement.replicas.first() == Some(&self.inner.id) {
-            let members: BTreeMap<NodeId, String> = placement
-                .replicas
-                .iter()
-                .filter_map(|n| layout.address(*n).map(|a| (*n, a.to_owned())))
-                .collect();
-            match control::initialize(&raft, group, members).await {
+        let founder = placement.founders.contains_key(&self.inner.id);
+        // The first replica placed (on the least loaded node) is meant to lead: it starts the
+        // group at once. The other founders start it only if nobody has after a while (the
+        // first died before it could); initializing also campaigns, so doing it everywhere at
+        // once would make the leader a race.
+        if founder && placement.replicas.first() == Some(&self.inner.id) {
+            match control::initialize(&raft, group, placement.founders.clone()).await {
                 Ok(true) => {
                     let _ = raft.trigger().elect().await;
                 }
@@ -414,6 +414,18 @@ impl Cluster {
                     return Err(e);
                 }
             }
+        } else if founder {
+            let (raft, founders) = (raft.clone(), placement.founders.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(FOUNDER_GRACE).await;
+                match control::initialize(&raft, group, founders).await {
+                    Ok(true) => {
+                        tracing::warn!(group, "no other founder started the group; started it here")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(group, error = %e, "cannot start the group"),
+                }
+            });
         }
         let commit_timeout = Duration::from_millis(self.inner.raft.config().commit_timeout_ms);
         let proposer = Proposer::start(raft.clone(), group, slot.clone(), commit_timeout);
@@ -492,7 +504,9 @@ impl Cluster {
     /// Proposes the collection's creation in its group if its shard lacks it (the group is
     /// new, or the node that created the collection failed before it was done).
     async fn ensure_collection(&self, local: &LocalGroup, spec: &CollectionSpec) {
-        if local.shard().contains(&spec.name) {
+        // A group that created its collection once and no longer has it dropped it (a
+        // fence, see `drop_collection`): it must not get it back.
+        if !local.shard().is_pristine().unwrap_or(false) {
             return;
         }
         match local
@@ -670,7 +684,76 @@ impl Cluster {
     /// Adds or removes a group member: here if this node leads the group, else forwarded
     /// towards its leader.
     pub async fn change_replicas(&self, request: internal::ChangeReplicasRequest) -> Result<()> {
-        let group = request.group;
+        let (group, hops) = (request.group, request.hops);
+        let (add_node, remove_node) = (request.add_node, request.remove_node);
+        let add_address = request.add_address.clone();
+        let request = &request;
+        self.at_group_leader(
+            group,
+            hops,
+            |cluster, local| async move {
+                if add_node != 0 {
+                    cluster.add_replica(&local, add_node, &add_address).await
+                } else {
+                    control::remove_member(&local.raft, group, remove_node).await
+                }
+            },
+            |mut client, hops| async move {
+                let mut call = tonic::Request::new(internal::ChangeReplicasRequest {
+                    hops,
+                    ..request.clone()
+                });
+                // Adding a replica waits for it to catch up.
+                call.set_timeout(CATCH_UP_TIMEOUT);
+                client.change_replicas(call).await.map(|_| ())
+            },
+        )
+        .await
+    }
+
+    /// Drops group `group`'s collection in the group's own log, at its leader (see
+    /// [`Self::drop_collection`]).
+    pub async fn fence_group(&self, group: GroupId, hops: u32) -> Result<()> {
+        self.at_group_leader(
+            group,
+            hops,
+            |_, local| async move {
+                let name = local.collection.clone();
+                match local
+                    .proposer
+                    .submit(Command::DropCollection { name })
+                    .await
+                {
+                    Err(e) if e.code != ErrorCode::NotFound => Err(e),
+                    _ => Ok(()),
+                }
+            },
+            |mut client, hops| async move {
+                let mut call = tonic::Request::new(internal::FenceGroupRequest { group, hops });
+                call.set_timeout(Duration::from_millis(
+                    self.inner.raft.config().commit_timeout_ms,
+                ));
+                client.fence_group(call).await.map(|_| ())
+            },
+        )
+        .await
+    }
+
+    /// Runs `here` if this node leads group `group`, else `call`s the nodes that may lead it
+    /// (best first) until one answers, with the hop count for the next node.
+    async fn at_group_leader<H, HF, C, CF>(
+        &self,
+        group: GroupId,
+        hops: u32,
+        here: H,
+        call: C,
+    ) -> Result<()>
+    where
+        H: FnOnce(Self, Arc<LocalGroup>) -> HF,
+        HF: Future<Output = Result<()>>,
+        C: Fn(NodeServiceClient<Channel>, u32) -> CF,
+        CF: Future<Output = std::result::Result<(), tonic::Status>>,
+    {
         let placement = self
             .layout()
             .collection_of(group)
@@ -678,29 +761,17 @@ impl Cluster {
             .ok_or_else(|| Error::not_found(format!("raft group {group} does not exist")))?;
         if let Some(local) = self.local_group(group) {
             if local.view().leader == Some(self.inner.id) {
-                return if request.add_node != 0 {
-                    self.add_replica(&local, request.add_node, &request.add_address)
-                        .await
-                } else {
-                    control::remove_member(&local.raft, group, request.remove_node).await
-                };
+                return here(self.clone(), local).await;
             }
         }
-        if request.hops >= MAX_HOPS {
+        if hops >= MAX_HOPS {
             return Err(no_leader(&placement.spec.name));
         }
-        let targets = self.targets(&placement, Want::Leader);
         let mut last = no_leader(&placement.spec.name);
-        for addr in targets {
-            let mut client = NodeServiceClient::new(self.channel(&addr)?);
-            let mut call = tonic::Request::new(internal::ChangeReplicasRequest {
-                hops: request.hops + 1,
-                ..request.clone()
-            });
-            // Adding a replica waits for it to catch up.
-            call.set_timeout(CATCH_UP_TIMEOUT);
-            match client.change_replicas(call).await {
-                Ok(_) => return Ok(()),
+        for addr in self.targets(&placement, Want::Leader) {
+            let client = NodeServiceClient::new(self.channel(&addr)?);
+            match call(client, hops + 1).await {
+                Ok(()) => return Ok(()),
                 Err(status) if status.code() == tonic::Code::Unavailable => {
                     last = Error::new(ErrorCode::Unavailable, status.message().to_owned());
                 }
@@ -1044,7 +1115,43 @@ impl Cluster {
         }
     }
 
+    /// Keeps the repair loop off `groups` while the result lives, once the repairs under way
+    /// on them have finished (UNAVAILABLE if they do not within a minute).
+    async fn pause_repairs(&self, groups: &[GroupId]) -> Result<PausedRepairs> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut paused = PausedRepairs {
+            cluster: self.clone(),
+            groups: Vec::new(),
+        };
+        for group in groups {
+            loop {
+                if self.inner.repairs.lock().insert(*group) {
+                    paused.groups.push(*group);
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(Error::new(
+                        ErrorCode::Unavailable,
+                        format!("a repair of raft group {group} is still under way; retry"),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(paused)
+    }
+
+    /// Drops collection `name` (this node leads the meta group).
+    ///
+    /// The collection's group drops it in its own log first (a fence): a leader that has not
+    /// heard of the drop yet could otherwise acknowledge a write into data about to be
+    /// deleted. A group that cannot commit the fence (no majority) cannot commit such a write
+    /// either, so the drop goes on without it.
     pub async fn drop_collection(&self, name: String) -> Result<()> {
+        let placement = self.placement(&name).await?;
+        if let Err(e) = self.fence_group(placement.group, 0).await {
+            tracing::warn!(collection = %name, group = placement.group, error = %e, "dropping without fencing the group");
+        }
         control::propose_meta(&self.inner.meta, MetaCommand::DropCollection { name }).await?;
         Ok(())
     }
@@ -1204,6 +1311,35 @@ impl Cluster {
             }
         }
         let _one = self.inner.meta_membership.lock().await;
+        // The node leaves its groups before the layout: it deletes a replica's files once the
+        // layout stops naming it, and by then no group may count on that replica. Meanwhile
+        // the repair loop must not add it back to them.
+        let groups: Vec<GroupId> = affected.iter().map(|p| p.group).collect();
+        let _paused = self.pause_repairs(&groups).await?;
+        for placement in &affected {
+            let request = internal::ChangeReplicasRequest {
+                group: placement.group,
+                remove_node: id,
+                ..Default::default()
+            };
+            match self.change_replicas(request).await {
+                Ok(()) => {
+                    tracing::info!(node = id, group = placement.group, "node left the group")
+                }
+                Err(e) if force => {
+                    tracing::warn!(node = id, group = placement.group, error = %e, "removing the node without its group's consent (--force)")
+                }
+                Err(e) => {
+                    return Err(Error::new(
+                        e.code,
+                        format!(
+                            "node {id} could not leave the group of collection {:?}: {}",
+                            placement.spec.name, e.message
+                        ),
+                    ))
+                }
+            }
+        }
         control::propose_meta(&self.inner.meta, MetaCommand::RemoveNode { id }).await?;
         if id != self.inner.id {
             control::remove_member(&self.inner.meta, META_GROUP, id).await?;
@@ -1223,6 +1359,25 @@ impl Cluster {
 
     pub fn shards(&self) -> Vec<Arc<Shard>> {
         self.local_groups().iter().map(|l| l.shard()).collect()
+    }
+}
+
+/// How long a founding replica other than the first waits for the group to start before
+/// starting it itself.
+const FOUNDER_GRACE: Duration = Duration::from_secs(5);
+
+/// Groups the repair loop leaves alone until this is dropped.
+struct PausedRepairs {
+    cluster: Cluster,
+    groups: Vec<GroupId>,
+}
+
+impl Drop for PausedRepairs {
+    fn drop(&mut self) {
+        let mut repairs = self.cluster.inner.repairs.lock();
+        for group in &self.groups {
+            repairs.remove(group);
+        }
     }
 }
 

@@ -223,6 +223,18 @@ impl NodeService for ClusterApi {
         Ok(Response::new(internal::ChangeReplicasResponse {}))
     }
 
+    async fn fence_group(
+        &self,
+        request: Request<internal::FenceGroupRequest>,
+    ) -> Result<Response<internal::FenceGroupResponse>, Status> {
+        let req = request.into_inner();
+        self.cluster
+            .fence_group(req.group, req.hops)
+            .await
+            .map_err(status_from_error)?;
+        Ok(Response::new(internal::FenceGroupResponse {}))
+    }
+
     async fn meta_read_index(
         &self,
         _request: Request<internal::MetaReadIndexRequest>,

@@ -198,6 +198,12 @@ impl Shard {
         Ok(self.store.counter(APPLIED)?.unwrap_or(0))
     }
 
+    /// Whether no collection was ever created in the shard (dropping one does not make it
+    /// pristine again).
+    pub fn is_pristine(&self) -> Result<bool> {
+        Ok(self.store.counter(NEXT_COLLECTION)?.is_none())
+    }
+
     /// Whether the shard holds collection `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.collections.read().contains_key(name)

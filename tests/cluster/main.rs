@@ -814,8 +814,8 @@ async fn removing_a_replica_a_collection_needs_is_refused_unless_forced() {
     assert_eq!(
         stderr.trim(),
         "error: node 2 not removed (--force removes it anyway): removing node 2 would leave \
-         collection \"a-replicated\" with 1 live of 2 members, short of the 2 a majority needs; \
-         bring nodes back first (or pass --force) (FailedPrecondition)"
+         shard 0 of collection \"a-replicated\" with 1 live of 2 members, short of the 2 a \
+         majority needs; bring nodes back first (or pass --force) (FailedPrecondition)"
     );
 
     // Node 3 back: a-replicated keeps a majority, but z-solo-b would have no replica left.
@@ -911,7 +911,7 @@ fn keys(value: &Value) -> Vec<&str> {
 fn check_group(g: &Value, id: u64, collection: Option<&str>, replicas: &[u64]) -> u64 {
     assert_eq!(
         keys(g),
-        ["collection", "group", "leader", "replicas", "term"],
+        ["collection", "group", "leader", "replicas", "shard", "term"],
         "{g}"
     );
     assert_eq!(g["group"], json!(id), "{g}");
@@ -981,7 +981,11 @@ async fn cluster_status_and_node_list_report_nodes_groups_and_lag_as_json() {
     let nodes: Vec<Value> = cluster
         .ids()
         .into_iter()
-        .map(|id| json!({"id": id, "address": cluster.node(id).grpc.to_string(), "meta_role": "voter"}))
+        .map(|id| {
+            let replicas = 1 + u64::from(id == single_node);
+            json!({"id": id, "address": cluster.node(id).grpc.to_string(), "meta_role": "voter",
+                   "draining": false, "replicas": replicas})
+        })
         .collect();
     for answering in cluster.ids() {
         let status = cluster

@@ -27,7 +27,7 @@ use tonic::Code;
 
 use crate::client::Clients;
 use crate::commands::collection::{create_request, describe, parse_param};
-use crate::commands::points::batch_len;
+use crate::commands::points::{acknowledged, batch_len};
 use crate::commands::search::SearchParamsArgs;
 use crate::consistency::{Consistency, ConsistencyArg};
 use crate::io::{read_npy, Matrix};
@@ -92,6 +92,9 @@ pub struct BenchArgs {
     /// Replicas of the created collection [default: 1].
     #[arg(long, requires = "create", value_parser = clap::value_parser!(u32).range(1..))]
     replicas: Option<u32>,
+    /// Shards of the created collection [default: 1].
+    #[arg(long, requires = "create", value_parser = clap::value_parser!(u32).range(1..=256))]
+    shards: Option<u32>,
     #[command(flatten)]
     read: ConsistencyArg,
     /// How long to wait for index_state "ready" after loading.
@@ -114,6 +117,7 @@ pub async fn run(mut clients: Clients, format: Format, args: BenchArgs) -> Resul
             index,
             &args.index_params,
             args.replicas,
+            args.shards,
         );
         match clients.collections.create_collection(request).await {
             Ok(_) => {}
@@ -411,6 +415,7 @@ impl Worker {
                 params: Some(self.level.params),
                 with_vectors: false,
                 consistency: self.level.consistency,
+                ..Default::default()
             };
             let sent = Instant::now();
             let response = self.client.search(request).await?.into_inner();
@@ -492,7 +497,7 @@ async fn ingest(
                         .collect(),
                 };
                 let sent = Instant::now();
-                points += client.upsert(request).await?.into_inner().upserted;
+                points += acknowledged(client.upsert(request).await?.into_inner())?;
                 latency_us.record(sent.elapsed().as_micros().max(1) as u64)?;
                 progress.inc(rows.len() as u64);
             }

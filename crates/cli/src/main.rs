@@ -26,7 +26,7 @@ use clap::{Parser, Subcommand};
 use tonic::Status;
 
 use crate::bench::BenchArgs;
-use crate::commands::cluster::{ClusterCommand, NodeCommand};
+use crate::commands::cluster::{ClusterCommand, NodeCommand, ShardCommand};
 use crate::commands::collection::CollectionCommand;
 use crate::commands::points::PointsCommand;
 use crate::commands::search::SearchArgs;
@@ -67,9 +67,12 @@ enum Command {
     /// Show the cluster's nodes and Raft groups.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// List and remove the cluster's nodes.
+    /// List, drain and remove the cluster's nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Show and move a collection's shard replicas.
+    #[command(subcommand)]
+    Shard(ShardCommand),
     /// Load a data set, then measure search throughput, latency and recall.
     Bench(BenchArgs),
 }
@@ -96,6 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Search(args) => commands::search::run(clients, cli.output, args).await,
         Command::Cluster(command) => commands::cluster::run(clients, cli.output, command).await,
         Command::Node(command) => commands::cluster::run_node(clients, cli.output, command).await,
+        Command::Shard(command) => commands::cluster::run_shard(clients, cli.output, command).await,
         Command::Bench(args) => bench::run(clients, cli.output, args).await,
     };
     result.map_err(|err| {

@@ -134,6 +134,19 @@ pub fn spinner(format: Format, message: impl Into<Cow<'static, str>>) -> Progres
     spinner
 }
 
+/// "shard 2: <message>; shard 5: <message>".
+pub fn shard_failures(failures: &[shoal_proto::v1::ShardFailure]) -> String {
+    let listed: Vec<String> = failures
+        .iter()
+        .map(|f| format!("shard {}: {}", f.shard, f.message))
+        .collect();
+    format!(
+        "{} shard(s) did not answer ({})",
+        failures.len(),
+        listed.join("; ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,8 @@ use shoal_types::{Error, ErrorCode, Result};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
-use crate::meta::{ClusterState, MetaStateMachine, META_GROUP};
+use crate::layout::{ClusterState, META_GROUP};
+use crate::meta::MetaStateMachine;
 use crate::network::Peers;
 use crate::server::Groups;
 use crate::state_machine::OpenShard;

@@ -9,8 +9,9 @@
 //!   with `Shard::apply` and records the applied log id and membership. Its snapshots are a
 //!   shard checkpoint (RocksDB checkpoint plus hard-linked segment files) in a file that
 //!   openraft streams in chunks; installing one swaps in a whole new shard directory.
-//! - [`MetaStateMachine`] holds the cluster's layout ([`ClusterState`]: nodes, collections,
-//!   placement) and publishes every change.
+//! - [`layout`]: the cluster's layout ([`ClusterState`]: nodes, collections, the placement of
+//!   every shard's replicas) and the planning of placements and moves;
+//!   [`MetaStateMachine`] replicates it and publishes every change.
 //! - [`machine`] drives both for openraft ([`Driven`] over a synchronous [`Machine`]), every
 //!   call on the blocking pool.
 //! - [`network`] carries openraft's RPCs to peers over the internal gRPC service
@@ -41,6 +42,7 @@ mod archive;
 mod cluster_test;
 pub mod control;
 pub mod group;
+pub mod layout;
 pub mod log_store;
 pub mod machine;
 pub mod meta;
@@ -52,9 +54,12 @@ pub mod state_machine;
 mod test;
 
 pub use group::{RaftConfig, RaftNode};
+pub use layout::{
+    ClusterState, MetaCommand, MetaOutcome, NodeRecord, Placement, ShardPlacement, META_GROUP,
+};
 pub use log_store::LogStore;
 pub use machine::{Driven, Machine};
-pub use meta::{ClusterState, MetaCommand, MetaOutcome, MetaStateMachine, Placement, META_GROUP};
+pub use meta::MetaStateMachine;
 pub use openraft::BasicNode;
 pub use proposer::Proposer;
 pub use server::{Groups, RaftServer};

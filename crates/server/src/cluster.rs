@@ -25,9 +25,10 @@ use shoal_index::IndexFactory;
 use shoal_proto::internal::v1 as internal;
 use shoal_proto::internal::v1::node_service_client::NodeServiceClient;
 use shoal_raft::control::{self, GroupView};
+use shoal_raft::layout::GroupRef;
 use shoal_raft::{
-    ClusterState, GroupId, MetaCommand, MetaOutcome, NodeId, OpenShard, Placement, Proposer, Raft,
-    RaftNode, META_GROUP,
+    ClusterState, GroupId, MetaCommand, MetaOutcome, NodeId, NodeRecord, OpenShard, Placement,
+    Proposer, Raft, RaftNode, ShardPlacement, META_GROUP,
 };
 use shoal_shard::{CpuPool, Maintenance, Shard, ShardConfig, ShardMetrics, ShardSlot};
 use shoal_types::{CollectionSpec, Command, Error, ErrorCode, Limits, Result};
@@ -52,6 +53,8 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most replicas of one collection.
 const MAX_REPLICAS: u32 = 16;
+/// Most shards a collection may have.
+const MAX_SHARDS: u32 = 256;
 
 /// What a node needs to open its shards.
 pub struct ShardEnv {
@@ -62,10 +65,11 @@ pub struct ShardEnv {
     pub build_pool: CpuPool,
 }
 
-/// A collection group this node holds.
+/// A shard replica this node holds.
 pub struct LocalGroup {
     pub group: GroupId,
     pub collection: String,
+    pub shard: u32,
     pub raft: Raft,
     pub proposer: Proposer,
     slot: Arc<ShardSlot>,
@@ -83,14 +87,7 @@ impl LocalGroup {
     }
 }
 
-/// Which replica a request needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Want {
-    /// The group's leader: writes and strong reads.
-    Leader,
-    /// Any replica, this node's first: eventual reads.
-    Any,
-}
+pub use shoal_router::Want;
 
 /// Where a request runs.
 pub enum Target {
@@ -163,6 +160,54 @@ impl Cluster {
 
     pub fn id(&self) -> NodeId {
         self.inner.id
+    }
+
+    /// Changes of the layout, as this node applies them.
+    pub fn watch_layout(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.inner.layout.clone()
+    }
+
+    /// The shard map routers route by: the layout's collections and shards, with the
+    /// leaders of this node's replicas.
+    pub fn shard_map(&self) -> internal::ShardMapResponse {
+        let layout = self.layout();
+        let collections = layout
+            .collections
+            .values()
+            .map(|c| internal::CollectionRoute {
+                name: c.spec.name.clone(),
+                dimension: c.spec.dimension,
+                metric: shoal_proto::metric_to_wire(c.spec.metric) as i32,
+                replication_factor: c.replication_factor,
+                shards: c
+                    .shards
+                    .iter()
+                    .map(|s| internal::ShardRoute {
+                        group: s.group,
+                        replicas: s.replicas.clone(),
+                        leader: self
+                            .local_group(s.group)
+                            .and_then(|l| l.view().leader)
+                            .unwrap_or(0),
+                        leaving: s.leaving.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        internal::ShardMapResponse {
+            version: layout.version,
+            nodes: layout
+                .nodes
+                .iter()
+                .map(|(id, n)| (*id, n.address.clone()))
+                .collect(),
+            collections,
+        }
+    }
+
+    /// Waits until this node's layout includes every change committed before the call.
+    pub async fn catch_up(&self) -> Result<()> {
+        self.sync_layout().await
     }
 
     pub fn layout(&self) -> Arc<ClusterState> {
@@ -336,7 +381,7 @@ impl Cluster {
         for local in self.local_groups() {
             let left = deadline.saturating_duration_since(Instant::now());
             if let Err(e) = control::wait_for_leader(&local.raft, local.group, left).await {
-                tracing::warn!(group = local.group, collection = %local.collection, error = %e, "group has no leader yet");
+                tracing::warn!(group = local.group, collection = %local.collection, shard = local.shard, error = %e, "group has no leader yet");
             }
         }
     }
@@ -346,16 +391,15 @@ impl Cluster {
         let _one = self.inner.reconciling.lock().await;
         let layout = self.layout();
         let id = self.inner.id;
-        let wanted: HashMap<GroupId, &Placement> = layout
-            .collections
-            .values()
-            .filter(|p| p.replicas.contains(&id))
-            .map(|p| (p.group, p))
+        let wanted: HashMap<GroupId, (&Placement, u32)> = layout
+            .groups()
+            .filter(|g| g.placement.hosts(id))
+            .map(|g| (g.placement.group, (g.collection, g.shard)))
             .collect();
-        for (group, placement) in &wanted {
+        for (group, (collection, shard)) in &wanted {
             if self.local_group(*group).is_none() {
-                if let Err(e) = self.open_group(placement).await {
-                    tracing::warn!(group, collection = %placement.spec.name, error = %e, "cannot start the group");
+                if let Err(e) = self.open_group(collection, *shard).await {
+                    tracing::warn!(group, collection = %collection.spec.name, shard, error = %e, "cannot start the group");
                 }
             }
         }
@@ -373,8 +417,8 @@ impl Cluster {
         self.remove_orphan_dirs(&layout, &wanted)?;
         for local in self.local_groups() {
             if local.view().leader == Some(id) {
-                if let Some(placement) = wanted.get(&local.group) {
-                    self.ensure_collection(&local, &placement.spec).await;
+                if let Some((collection, _)) = wanted.get(&local.group) {
+                    self.ensure_collection(&local, &collection.spec).await;
                 }
             }
         }
@@ -386,8 +430,9 @@ impl Cluster {
 
     /// Opens this node's replica of `placement`'s group; a founder of a new group starts it
     /// with the founders as its voters (see below).
-    async fn open_group(&self, placement: &Placement) -> Result<()> {
+    async fn open_group(&self, collection: &Placement, shard: u32) -> Result<()> {
         let env = &self.inner.env;
+        let placement = &collection.shards[shard as usize];
         let group = placement.group;
         let dir = env.data_dir.join("groups").join(group.to_string());
         let (factory, config, metrics) =
@@ -431,17 +476,18 @@ impl Cluster {
         let proposer = Proposer::start(raft.clone(), group, slot.clone(), commit_timeout);
         let local = Arc::new(LocalGroup {
             group,
-            collection: placement.spec.name.clone(),
+            collection: collection.spec.name.clone(),
+            shard,
             raft,
             proposer,
             slot,
             maintenance: Mutex::new(Some(maintenance)),
         });
         self.inner.local.write().insert(group, local.clone());
-        tracing::info!(group, collection = %placement.spec.name, "replica opened");
+        tracing::info!(group, collection = %collection.spec.name, shard, "replica opened");
         // A new group's first leader creates its collection as soon as it is elected.
         let cluster = self.clone();
-        let spec = placement.spec.clone();
+        let spec = collection.spec.clone();
         tokio::spawn(async move {
             let wait = cluster.wait_secs();
             if control::wait_for_leader(&local.raft, group, wait).await == Ok(cluster.id()) {
@@ -469,7 +515,7 @@ impl Cluster {
     fn remove_orphan_dirs(
         &self,
         layout: &ClusterState,
-        wanted: &HashMap<GroupId, &Placement>,
+        wanted: &HashMap<GroupId, (&Placement, u32)>,
     ) -> Result<()> {
         let dir = self.inner.env.data_dir.join("groups");
         let entries = std::fs::read_dir(&dir)
@@ -543,25 +589,33 @@ impl Cluster {
             due
         };
         let mut down: Option<Vec<NodeId>> = None;
-        for placement in layout.collections.values() {
-            if placement.under_replicated() {
-                let missing = placement.replication_factor as usize - placement.replicas.len();
+        for g in layout.groups() {
+            let (name, shard, placement) = (&g.collection.spec.name, g.shard, g.placement);
+            let rf = g.collection.replication_factor;
+            if placement.under_replicated(rf) {
+                let missing = rf as usize - placement.replicas.len();
                 if down.is_none() {
                     down = Some(self.unreachable(layout).await);
                 }
-                let mut exclude = placement.replicas.clone();
+                let mut exclude: Vec<NodeId> = placement
+                    .replicas
+                    .iter()
+                    .chain(&placement.leaving)
+                    .copied()
+                    .collect();
                 exclude.extend(down.iter().flatten());
                 for node in layout.place(missing, &exclude) {
                     let command = MetaCommand::AddReplica {
-                        collection: placement.spec.name.clone(),
+                        collection: name.clone(),
+                        shard,
                         node,
                     };
                     match control::propose_meta(&self.inner.meta, command).await {
                         Ok(_) => {
-                            tracing::info!(collection = %placement.spec.name, node, "new replica placed")
+                            tracing::info!(collection = %name, shard, node, "new replica placed")
                         }
                         Err(e) => {
-                            tracing::warn!(collection = %placement.spec.name, node, error = %e, "cannot place a replica")
+                            tracing::warn!(collection = %name, shard, node, error = %e, "cannot place a replica")
                         }
                     }
                 }
@@ -575,14 +629,41 @@ impl Cluster {
                 continue;
             }
             let cluster = self.clone();
-            let placement = placement.clone();
+            let (name, placement) = (name.clone(), placement.clone());
             let addresses = layout.nodes.clone();
             tokio::spawn(async move {
-                if let Err(e) = cluster.sync_group_members(&placement, &addresses).await {
-                    tracing::warn!(group = placement.group, collection = %placement.spec.name, error = %e, "replica membership repair failed; retrying");
+                if let Err(e) = cluster
+                    .sync_group_members(&name, shard, &placement, &addresses)
+                    .await
+                {
+                    tracing::warn!(group = placement.group, collection = %name, shard, error = %e, "replica membership repair failed; retrying");
                 }
                 cluster.inner.repairs.lock().remove(&placement.group);
             });
+        }
+        // Moves (drains, then rebalancing), one at a time; the membership repair above
+        // carries each out.
+        if layout.next_move(&[]).is_some() {
+            let down = match down {
+                Some(down) => down,
+                None => self.unreachable(layout).await,
+            };
+            if let Some(m) = layout.next_move(&down) {
+                let command = MetaCommand::MoveReplica {
+                    collection: m.collection.clone(),
+                    shard: m.shard,
+                    from: m.from,
+                    to: m.to,
+                };
+                match control::propose_meta(&self.inner.meta, command).await {
+                    Ok(_) => {
+                        tracing::info!(collection = %m.collection, shard = m.shard, from = m.from, to = m.to, "moving a replica")
+                    }
+                    Err(e) => {
+                        tracing::warn!(collection = %m.collection, shard = m.shard, error = %e, "cannot move a replica")
+                    }
+                }
+            }
         }
     }
 
@@ -625,11 +706,14 @@ impl Cluster {
     }
 
     /// Brings the group's Raft membership to the layout's replicas: adds the missing ones
-    /// (learner, caught up, voter) and removes the others.
+    /// (learner, caught up, voter), then removes the others; a leaving replica the group no
+    /// longer has is then forgotten by the layout (`ReplicaLeft`), and its node deletes it.
     async fn sync_group_members(
         &self,
-        placement: &Placement,
-        addresses: &BTreeMap<NodeId, shoal_raft::meta::NodeRecord>,
+        collection: &str,
+        shard: u32,
+        placement: &ShardPlacement,
+        addresses: &BTreeMap<NodeId, NodeRecord>,
     ) -> Result<()> {
         let Some(view) = self.group_membership(placement).await else {
             return Ok(()); // not initialized yet, or no replica answered
@@ -663,12 +747,27 @@ impl Cluster {
                 tracing::info!(group, node, "replica removed from its group");
             }
         }
+        for node in &placement.leaving {
+            let command = MetaCommand::ReplicaLeft {
+                collection: collection.to_owned(),
+                shard,
+                node: *node,
+            };
+            control::propose_meta(&self.inner.meta, command).await?;
+            tracing::info!(group, node, collection, shard, "replica moved away");
+        }
         Ok(())
     }
 
     /// The group's members, as a replica reports them (its leader's view if one answers).
-    async fn group_membership(&self, placement: &Placement) -> Option<internal::LocalGroup> {
-        let statuses = self.node_statuses(&placement.replicas).await;
+    async fn group_membership(&self, placement: &ShardPlacement) -> Option<internal::LocalGroup> {
+        let nodes: Vec<NodeId> = placement
+            .replicas
+            .iter()
+            .chain(&placement.leaving)
+            .copied()
+            .collect();
+        let statuses = self.node_statuses(&nodes).await;
         let mut reports: Vec<internal::LocalGroup> = statuses
             .into_values()
             .flatten()
@@ -754,20 +853,20 @@ impl Cluster {
         C: Fn(NodeServiceClient<Channel>, u32) -> CF,
         CF: Future<Output = std::result::Result<(), tonic::Status>>,
     {
-        let placement = self
-            .layout()
-            .collection_of(group)
-            .cloned()
+        let layout = self.layout();
+        let g = layout
+            .group(group)
             .ok_or_else(|| Error::not_found(format!("raft group {group} does not exist")))?;
+        let (name, placement) = (g.collection.spec.name.clone(), g.placement.clone());
         if let Some(local) = self.local_group(group) {
             if local.view().leader == Some(self.inner.id) {
                 return here(self.clone(), local).await;
             }
         }
         if hops >= MAX_HOPS {
-            return Err(no_leader(&placement.spec.name));
+            return Err(no_leader(&name));
         }
-        let mut last = no_leader(&placement.spec.name);
+        let mut last = no_leader(&name);
         for addr in self.targets(&placement, Want::Leader) {
             let client = NodeServiceClient::new(self.channel(&addr)?);
             match call(client, hops + 1).await {
@@ -943,9 +1042,15 @@ impl Cluster {
             .ok_or_else(|| Error::unknown_collection(name))
     }
 
-    /// Where a request for collection `name` runs.
-    pub async fn route(&self, name: &str, want: Want) -> Result<(Placement, Target)> {
-        let placement = self.placement(name).await?;
+    /// Where a request for shard `shard` of collection `name` runs.
+    pub async fn route(&self, name: &str, shard: u32, want: Want) -> Result<(Placement, Target)> {
+        let collection = self.placement(name).await?;
+        let Some(placement) = collection.shards.get(shard as usize) else {
+            return Err(Error::invalid(format!(
+                "collection {name:?} has {} shards; there is no shard {shard}",
+                collection.shards.len()
+            )));
+        };
         if let Some(local) = self.local_group(placement.group) {
             let here = match want {
                 // A replica still catching up may not have the collection yet.
@@ -953,21 +1058,22 @@ impl Cluster {
                 Want::Leader => local.view().leader == Some(self.inner.id),
             };
             if here {
-                return Ok((placement, Target::Local(local)));
+                return Ok((collection, Target::Local(local)));
             }
         }
-        let addresses = self.targets(&placement, want);
+        let addresses = self.targets(placement, want);
         if addresses.is_empty() {
             return Err(no_leader(name));
         }
-        Ok((placement, Target::Remote(addresses)))
+        Ok((collection, Target::Remote(addresses)))
     }
 
-    /// Addresses to send a request for `placement` to, best first: for the leader, the one
-    /// this node's replica knows of, at the address in the group's own membership (a leader
-    /// being removed from the cluster is no longer in the layout, but still leads until it
-    /// removes itself); then the layout's replicas, each of which forwards to its leader.
-    fn targets(&self, placement: &Placement, want: Want) -> Vec<String> {
+    /// Addresses to send a request for a shard to, best first: for the leader, the one this
+    /// node's replica knows of, at the address in the group's own membership (a leader being
+    /// removed from the cluster is no longer in the layout, but still leads until it removes
+    /// itself); then the layout's replicas (leaving ones last), each of which forwards to its
+    /// leader.
+    fn targets(&self, placement: &ShardPlacement, want: Want) -> Vec<String> {
         let mut targets = Vec::new();
         let mut seen = HashSet::from([self.inner.id]);
         if want == Want::Leader {
@@ -978,7 +1084,7 @@ impl Cluster {
             }
         }
         let layout = self.layout();
-        for node in &placement.replicas {
+        for node in placement.replicas.iter().chain(&placement.leaving) {
             if seen.insert(*node) {
                 targets.extend(layout.address(*node).map(str::to_owned));
             }
@@ -1070,15 +1176,26 @@ impl Cluster {
         }
     }
 
-    /// Validates and places a new collection and records it in the meta group (which this
-    /// node must lead); returns its group.
-    pub async fn create_collection(&self, spec: CollectionSpec, replicas: u32) -> Result<GroupId> {
+    /// Creates a collection of `shards` shards, `replicas` replicas each (0 means 1), on the
+    /// least loaded nodes that answer now. Returns the shards' groups.
+    pub async fn create_collection(
+        &self,
+        spec: CollectionSpec,
+        replicas: u32,
+        shards: u32,
+    ) -> Result<Vec<GroupId>> {
         spec.validate(&self.inner.limits)?;
         self.inner.env.factory.validate(&spec)?;
-        let replicas = if replicas == 0 { 1 } else { replicas };
+        let replicas = replicas.max(1);
         if replicas > MAX_REPLICAS {
             return Err(Error::invalid(format!(
                 "replicas must be between 1 and {MAX_REPLICAS}, got {replicas}"
+            )));
+        }
+        let shards = shards.max(1);
+        if shards > MAX_SHARDS {
+            return Err(Error::invalid(format!(
+                "shards must be between 1 and {MAX_SHARDS}, got {shards}"
             )));
         }
         let layout = self.layout();
@@ -1088,15 +1205,14 @@ impl Cluster {
                 format!("collection {:?} already exists", spec.name),
             ));
         }
-        // Replicas go to nodes that answer now: a new group is initialized by its first
-        // replica, which must be up to do it.
+        // Replicas go to nodes that answer now: a new group is started by its first
+        // replica, which should be up to do it.
         let down = self.unreachable(&layout).await;
-        let nodes = layout.place(replicas as usize, &down);
-        if nodes.len() < replicas as usize {
+        let placed = layout.place_collection(shards, replicas, &down);
+        if placed.iter().any(|nodes| nodes.len() < replicas as usize) {
             tracing::warn!(
                 collection = %spec.name,
                 replicas,
-                nodes = nodes.len(),
                 "fewer nodes than replicas: the collection gains its other replicas as nodes join"
             );
         }
@@ -1105,12 +1221,12 @@ impl Cluster {
             MetaCommand::CreateCollection {
                 spec,
                 replication_factor: replicas,
-                replicas: nodes,
+                shards: placed,
             },
         )
         .await?;
         match outcome {
-            MetaOutcome::Created { group } => Ok(group),
+            MetaOutcome::Created { groups } => Ok(groups),
             MetaOutcome::Done => Err(Error::internal("the meta group created no group")),
         }
     }
@@ -1149,9 +1265,15 @@ impl Cluster {
     /// either, so the drop goes on without it.
     pub async fn drop_collection(&self, name: String) -> Result<()> {
         let placement = self.placement(&name).await?;
-        if let Err(e) = self.fence_group(placement.group, 0).await {
-            tracing::warn!(collection = %name, group = placement.group, error = %e, "dropping without fencing the group");
-        }
+        let fences = placement.shards.iter().map(|shard| {
+            let name = &name;
+            async move {
+                if let Err(e) = self.fence_group(shard.group, 0).await {
+                    tracing::warn!(collection = %name, group = shard.group, error = %e, "dropping without fencing the group");
+                }
+            }
+        });
+        futures::future::join_all(fences).await;
         control::propose_meta(&self.inner.meta, MetaCommand::DropCollection { name }).await?;
         Ok(())
     }
@@ -1178,12 +1300,12 @@ impl Cluster {
             // Only a node without cluster state joins. One the cluster counts on (a meta
             // voter, or a replica holder) has lost its data: as a voter with an empty log it
             // could elect a leader that lacks committed entries.
-            let holds: Vec<&str> = layout
-                .collections
-                .values()
-                .filter(|p| p.replicas.contains(&id))
-                .map(|p| p.spec.name.as_str())
+            let mut holds: Vec<&str> = layout
+                .groups()
+                .filter(|g| g.placement.hosts(id))
+                .map(|g| g.collection.spec.name.as_str())
                 .collect();
+            holds.dedup();
             if !holds.is_empty() || control::view(&self.inner.meta).voters.contains(&id) {
                 return Err(Error::new(
                     ErrorCode::FailedPrecondition,
@@ -1244,11 +1366,8 @@ impl Cluster {
                 "node {id} is not a member of the cluster"
             )));
         }
-        let affected: Vec<&Placement> = layout
-            .collections
-            .values()
-            .filter(|p| p.replicas.contains(&id))
-            .collect();
+        let affected: Vec<GroupRef<'_>> =
+            layout.groups().filter(|g| g.placement.hosts(id)).collect();
         if !force {
             if id == self.inner.id {
                 return Err(Error::new(
@@ -1267,7 +1386,8 @@ impl Cluster {
                 .filter(|(_, s)| s.is_some())
                 .map(|(n, _)| n)
                 .collect();
-            for placement in &affected {
+            for g in &affected {
+                let (name, placement) = (&g.collection.spec.name, g.placement);
                 // The voters that hold the data, from the group's own membership: a replica
                 // the layout names may still be empty and outside the group.
                 let Some(membership) = self.group_membership(placement).await else {
@@ -1277,7 +1397,7 @@ impl Cluster {
                             "no replica of collection {:?} reports its group's membership, so \
                              removing node {id} cannot be checked to keep its data (pass \
                              --force to remove it anyway)",
-                            placement.spec.name
+                            name
                         ),
                     ));
                 };
@@ -1293,12 +1413,12 @@ impl Cluster {
                         format!(
                             "node {id} holds the only replica of collection {:?}; removing it \
                              loses the collection's data (pass --force to remove it anyway)",
-                            placement.spec.name
+                            name
                         ),
                     ));
                 }
                 check_majority(
-                    &format!("collection {:?}", placement.spec.name),
+                    &format!("shard {} of collection {name:?}", g.shard),
                     id,
                     &rest,
                     &live,
@@ -1314,9 +1434,10 @@ impl Cluster {
         // The node leaves its groups before the layout: it deletes a replica's files once the
         // layout stops naming it, and by then no group may count on that replica. Meanwhile
         // the repair loop must not add it back to them.
-        let groups: Vec<GroupId> = affected.iter().map(|p| p.group).collect();
+        let groups: Vec<GroupId> = affected.iter().map(|g| g.placement.group).collect();
         let _paused = self.pause_repairs(&groups).await?;
-        for placement in &affected {
+        for g in &affected {
+            let (name, placement) = (&g.collection.spec.name, g.placement);
             let request = internal::ChangeReplicasRequest {
                 group: placement.group,
                 remove_node: id,
@@ -1334,7 +1455,7 @@ impl Cluster {
                         e.code,
                         format!(
                             "node {id} could not leave the group of collection {:?}: {}",
-                            placement.spec.name, e.message
+                            name, e.message
                         ),
                     ))
                 }
@@ -1345,7 +1466,89 @@ impl Cluster {
             control::remove_member(&self.inner.meta, META_GROUP, id).await?;
         }
         tracing::info!(node = id, force, "node removed from the cluster");
-        Ok(affected.iter().map(|p| p.spec.name.clone()).collect())
+        let mut collections: Vec<String> = affected
+            .iter()
+            .map(|g| g.collection.spec.name.clone())
+            .collect();
+        collections.dedup();
+        Ok(collections)
+    }
+
+    /// Starts (or stops) draining node `id` (this node leads the meta group): the repair
+    /// loop moves its replicas away, one at a time, and places none on it. Returns the
+    /// replicas it holds now.
+    pub async fn drain_node(&self, id: NodeId, draining: bool) -> Result<u64> {
+        let layout = self.layout();
+        if !layout.nodes.contains_key(&id) {
+            return Err(Error::not_found(format!(
+                "node {id} is not a member of the cluster"
+            )));
+        }
+        if draining {
+            let others = layout
+                .nodes
+                .iter()
+                .filter(|(n, r)| **n != id && !r.draining)
+                .count();
+            let needed = layout
+                .groups()
+                .filter(|g| g.placement.replicas.contains(&id))
+                .map(|g| g.placement.replicas.len())
+                .max()
+                .unwrap_or(0);
+            if needed > others {
+                return Err(Error::new(
+                    ErrorCode::FailedPrecondition,
+                    format!(
+                        "node {id} holds replicas of shards with {needed} replicas, and only \
+                         {others} other nodes can take one; add nodes first"
+                    ),
+                ));
+            }
+        }
+        control::propose_meta(&self.inner.meta, MetaCommand::SetDraining { id, draining }).await?;
+        tracing::info!(node = id, draining, "node drain changed");
+        Ok(self.layout().load().get(&id).copied().unwrap_or(0) as u64)
+    }
+
+    /// Starts moving shard `shard` of `collection` from node `from` to node `to` (this node
+    /// leads the meta group); the repair loop carries it out.
+    pub async fn move_shard(
+        &self,
+        collection: String,
+        shard: u32,
+        from: NodeId,
+        to: NodeId,
+    ) -> Result<()> {
+        let layout = self.layout();
+        if layout.nodes.get(&to).is_some_and(|n| n.draining) {
+            return Err(Error::new(
+                ErrorCode::FailedPrecondition,
+                format!("node {to} is being drained; it takes no replica"),
+            ));
+        }
+        if let Some(g) = layout
+            .collections
+            .get(&collection)
+            .and_then(|c| c.shards.iter().find(|s| !s.leaving.is_empty()))
+        {
+            return Err(Error::new(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "raft group {} of collection {collection:?} is still moving a replica; \
+                     retry when it is done",
+                    g.group
+                ),
+            ));
+        }
+        let command = MetaCommand::MoveReplica {
+            collection,
+            shard,
+            from,
+            to,
+        };
+        control::propose_meta(&self.inner.meta, command).await?;
+        Ok(())
     }
 
     /// Stops every local group.

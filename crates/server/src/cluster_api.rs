@@ -1,6 +1,7 @@
-//! The cluster services: the public `ClusterService` (status, nodes, removal) and the
-//! internal `NodeService` that nodes call on each other (join, status, replica changes, the
-//! meta read index). Requests that only the meta leader may answer are forwarded to it.
+//! The cluster services: the public `ClusterService` (status, nodes, removal, drains, shard
+//! placement and moves) and the internal `NodeService` that nodes call on each other (join,
+//! status, replica changes, fences, the meta read index, the shard map for routers).
+//! Requests that only the meta leader may answer are forwarded to it.
 
 use std::collections::BTreeMap;
 
@@ -33,8 +34,9 @@ impl ClusterApi {
         statuses: &BTreeMap<u64, Option<internal::NodeStatusResponse>>,
     ) -> Vec<v1::NodeInfo> {
         let meta = self.cluster.meta_view();
-        self.cluster
-            .layout()
+        let layout = self.cluster.layout();
+        let load = layout.load();
+        layout
             .nodes
             .iter()
             .map(|(id, node)| {
@@ -50,6 +52,8 @@ impl ClusterApi {
                     address: node.address.clone(),
                     meta_role: role.to_owned(),
                     reachable: statuses.get(id).is_some_and(Option::is_some),
+                    draining: node.draining,
+                    replicas: load.get(id).copied().unwrap_or(0) as u64,
                 }
             })
             .collect()
@@ -61,6 +65,7 @@ impl ClusterApi {
 fn group_status(
     group: u64,
     collection: String,
+    shard: u32,
     members: &[u64],
     statuses: &BTreeMap<u64, Option<internal::NodeStatusResponse>>,
 ) -> v1::GroupStatus {
@@ -100,6 +105,7 @@ fn group_status(
     v1::GroupStatus {
         group,
         collection,
+        shard,
         leader: leader.map_or(0, |(node, _)| node),
         term: leader.map_or_else(
             || reports.values().map(|g| g.term).max().unwrap_or(0),
@@ -123,15 +129,26 @@ impl ClusterService for ClusterApi {
         let mut groups = vec![group_status(
             META_GROUP,
             String::new(),
+            0,
             &meta_members,
             &statuses,
         )];
-        groups.extend(
-            layout
-                .collections
-                .values()
-                .map(|p| group_status(p.group, p.spec.name.clone(), &p.replicas, &statuses)),
-        );
+        groups.extend(layout.groups().map(|g| {
+            let members: Vec<u64> = g
+                .placement
+                .replicas
+                .iter()
+                .chain(&g.placement.leaving)
+                .copied()
+                .collect();
+            group_status(
+                g.placement.group,
+                g.collection.spec.name.clone(),
+                g.shard,
+                &members,
+                &statuses,
+            )
+        }));
         Ok(Response::new(v1::ClusterStatusResponse {
             node_id: self.cluster.id(),
             nodes: self.nodes(&statuses),
@@ -171,6 +188,94 @@ impl ClusterService for ClusterApi {
             .await
             .map_err(status_from_error)?;
         Ok(Response::new(v1::RemoveNodeResponse { collections }))
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<v1::DrainNodeRequest>,
+    ) -> Result<Response<v1::DrainNodeResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let forwarded = self
+            .cluster
+            .forward_to_meta_leader(hops, &req, |ch, r| async move {
+                ClusterServiceClient::new(ch).drain_node(r).await
+            });
+        if let Some(answer) = forwarded.await {
+            return answer;
+        }
+        let replicas = self
+            .cluster
+            .drain_node(req.id, !req.cancel)
+            .await
+            .map_err(status_from_error)?;
+        Ok(Response::new(v1::DrainNodeResponse { replicas }))
+    }
+
+    async fn list_shards(
+        &self,
+        request: Request<v1::ListShardsRequest>,
+    ) -> Result<Response<v1::ListShardsResponse>, Status> {
+        let name = request.into_inner().collection;
+        let placement = self
+            .cluster
+            .placement(&name)
+            .await
+            .map_err(status_from_error)?;
+        let mut nodes: Vec<u64> = placement
+            .shards
+            .iter()
+            .flat_map(|s| s.replicas.iter().chain(&s.leaving).copied())
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let statuses = self.cluster.node_statuses(&nodes).await;
+        let shards = placement
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(shard, s)| {
+                let members: Vec<u64> = s.replicas.iter().chain(&s.leaving).copied().collect();
+                v1::ShardStatus {
+                    shard: Some(v1::ShardInfo {
+                        shard: shard as u32,
+                        group: s.group,
+                        replicas: s.replicas.clone(),
+                        leaving: s.leaving.clone(),
+                        ..Default::default()
+                    }),
+                    group: Some(group_status(
+                        s.group,
+                        name.clone(),
+                        shard as u32,
+                        &members,
+                        &statuses,
+                    )),
+                }
+            })
+            .collect();
+        Ok(Response::new(v1::ListShardsResponse { shards }))
+    }
+
+    async fn move_shard(
+        &self,
+        request: Request<v1::MoveShardRequest>,
+    ) -> Result<Response<v1::MoveShardResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let forwarded = self
+            .cluster
+            .forward_to_meta_leader(hops, &req, |ch, r| async move {
+                ClusterServiceClient::new(ch).move_shard(r).await
+            });
+        if let Some(answer) = forwarded.await {
+            return answer;
+        }
+        self.cluster
+            .move_shard(req.collection, req.shard, req.from, req.to)
+            .await
+            .map_err(status_from_error)?;
+        Ok(Response::new(v1::MoveShardResponse {}))
     }
 }
 
@@ -233,6 +338,13 @@ impl NodeService for ClusterApi {
             .await
             .map_err(status_from_error)?;
         Ok(Response::new(internal::FenceGroupResponse {}))
+    }
+
+    async fn shard_map(
+        &self,
+        _request: Request<internal::ShardMapRequest>,
+    ) -> Result<Response<internal::ShardMapResponse>, Status> {
+        Ok(Response::new(self.cluster.shard_map()))
     }
 
     async fn meta_read_index(

@@ -1,9 +1,14 @@
-//! The public gRPC services. Every node answers every request: it runs it on a local replica
-//! when it holds the right one (the leader for writes and strong reads), and otherwise
-//! forwards it to a node that does (see [`Cluster::route`]).
+//! The public gRPC services. Every node answers every request.
+//!
+//! A request without `x-shoal-shard` is coordinated here by the node's [`Router`]: split or
+//! fanned out over the collection's shards, each part run on one replica of its shard (in
+//! process when this node holds that replica, over gRPC otherwise), and the answers merged.
+//! A request with `x-shoal-shard: N` (what routers send) runs on shard N alone
+//! ([`ShardExec`]): on this node's replica when it is the right one (the leader for writes and
+//! strong reads), otherwise forwarded to a node that holds one (see [`Cluster::route`]).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus::{HistogramOpts, HistogramVec, Registry};
 use shoal_index::SegmentState;
@@ -13,21 +18,76 @@ use shoal_proto::v1::point_service_client::PointServiceClient;
 use shoal_proto::v1::point_service_server::PointService;
 use shoal_proto::v1::{self};
 use shoal_proto::{ids_from_wire, metric_to_wire, search_params_from_wire, status_from_error};
-use shoal_raft::{control, Placement};
+use shoal_raft::control;
+use shoal_router::grpc::{for_shard, requested_shard};
+use shoal_router::{shard_of, Router, ShardCall, ShardMap, ShardReply, Transport};
 use shoal_shard::{CollectionDescription, CpuPool, Shard};
-use shoal_types::{CollectionSpec, Command, Error, ErrorCode, Point};
+use shoal_types::{CollectionSpec, Command, Error, ErrorCode, Point, PointId};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::{Cluster, LocalGroup, Target, Want, HOPS};
 
-/// Shared by both services.
+/// How often the node's router refreshes its shard map besides layout changes (for the
+/// leaders of this node's replicas, which change without one).
+const MAP_REFRESH: Duration = Duration::from_secs(1);
+
+/// The public services: shard-restricted requests to [`ShardExec`], the others to the
+/// node's [`Router`].
 #[derive(Clone)]
 pub struct Api {
     cluster: Cluster,
-    search_pool: CpuPool,
+    exec: ShardExec,
+    router: Arc<Router>,
     latency: HistogramVec,
+}
+
+/// Runs requests on one shard.
+#[derive(Clone)]
+pub struct ShardExec {
+    cluster: Cluster,
+    search_pool: CpuPool,
     max_message: usize,
+}
+
+/// How this node's router reaches shards: its own replicas in process, the others over
+/// gRPC.
+struct NodeTransport {
+    exec: ShardExec,
+}
+
+#[tonic::async_trait]
+impl Transport for NodeTransport {
+    async fn call(
+        &self,
+        node: u64,
+        address: &str,
+        shard: u32,
+        call: ShardCall,
+        timeout: Duration,
+    ) -> Result<ShardReply, Status> {
+        let cluster = &self.exec.cluster;
+        if node == cluster.id() {
+            return tokio::time::timeout(timeout, self.exec.run(shard, call, 0))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Status::deadline_exceeded(format!(
+                        "shard {shard} did not answer within {} ms",
+                        timeout.as_millis()
+                    )))
+                });
+        }
+        let channel = cluster.channel(address).map_err(bad)?;
+        shoal_router::grpc::call(channel, shard, call, timeout, self.exec.max_message).await
+    }
+
+    async fn refresh(&self) -> Option<ShardMap> {
+        let cluster = &self.exec.cluster;
+        if let Err(e) = cluster.catch_up().await {
+            tracing::debug!(error = %e, "cannot catch up with the layout");
+        }
+        ShardMap::try_from(cluster.shard_map()).ok()
+    }
 }
 
 /// How many times the request was forwarded before reaching this node.
@@ -40,14 +100,8 @@ pub fn hops<T>(request: &Request<T>) -> u32 {
         .unwrap_or(0)
 }
 
-fn want(consistency: i32) -> Result<Want, Status> {
-    match v1::Consistency::try_from(consistency) {
-        Ok(v1::Consistency::Strong) => Ok(Want::Leader),
-        Ok(v1::Consistency::Eventual) => Ok(Want::Any),
-        Err(_) => Err(Status::invalid_argument(format!(
-            "unknown consistency level {consistency}"
-        ))),
-    }
+fn bad(err: Error) -> Status {
+    status_from_error(err)
 }
 
 impl Api {
@@ -66,24 +120,46 @@ impl Api {
             &["method", "code"],
         )?;
         registry.register(Box::new(latency.clone()))?;
+        let exec = ShardExec {
+            cluster: cluster.clone(),
+            search_pool,
+            max_message,
+        };
+        let router = Arc::new(Router::new(
+            Arc::new(NodeTransport { exec: exec.clone() }),
+            Some(cluster.id()),
+            cluster.forward_timeout(),
+        ));
+        Self::follow_layout(&cluster, &router);
         Ok(Self {
             cluster,
-            search_pool,
+            exec,
+            router,
             latency,
-            max_message,
         })
     }
 
-    fn points_client(&self, channel: Channel) -> PointServiceClient<Channel> {
-        PointServiceClient::new(channel)
-            .max_decoding_message_size(self.max_message)
-            .max_encoding_message_size(self.max_message)
-    }
-
-    fn collections_client(&self, channel: Channel) -> CollectionServiceClient<Channel> {
-        CollectionServiceClient::new(channel)
-            .max_decoding_message_size(self.max_message)
-            .max_encoding_message_size(self.max_message)
+    /// Keeps the router's shard map current: at every layout change, and every
+    /// [`MAP_REFRESH`] for leader changes.
+    fn follow_layout(cluster: &Cluster, router: &Arc<Router>) {
+        let (cluster, router) = (cluster.clone(), Arc::downgrade(router));
+        let mut layout = cluster.watch_layout();
+        tokio::spawn(async move {
+            loop {
+                let Some(router) = router.upgrade() else {
+                    return;
+                };
+                match ShardMap::try_from(cluster.shard_map()) {
+                    Ok(map) => router.set_map(map),
+                    Err(e) => tracing::warn!(error = %e, "cannot build the shard map"),
+                }
+                drop(router);
+                tokio::select! {
+                    changed = layout.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(MAP_REFRESH) => {}
+                }
+            }
+        });
     }
 
     /// Runs a handler and records its latency by method and status code.
@@ -104,34 +180,89 @@ impl Api {
         result
     }
 
-    /// Where a request for `collection` runs. For a strong read on the local leader, first
+    fn collections_client(&self, channel: Channel) -> CollectionServiceClient<Channel> {
+        CollectionServiceClient::new(channel)
+            .max_decoding_message_size(self.exec.max_message)
+            .max_encoding_message_size(self.exec.max_message)
+    }
+}
+
+impl ShardExec {
+    fn points_client(&self, channel: Channel) -> PointServiceClient<Channel> {
+        PointServiceClient::new(channel)
+            .max_decoding_message_size(self.max_message)
+            .max_encoding_message_size(self.max_message)
+    }
+
+    fn collections_client(&self, channel: Channel) -> CollectionServiceClient<Channel> {
+        CollectionServiceClient::new(channel)
+            .max_decoding_message_size(self.max_message)
+            .max_encoding_message_size(self.max_message)
+    }
+
+    /// Runs `call` on shard `shard`.
+    pub async fn run(&self, shard: u32, call: ShardCall, hops: u32) -> Result<ShardReply, Status> {
+        Ok(match call {
+            ShardCall::Search(r) => ShardReply::Search(self.search(shard, r, hops).await?),
+            ShardCall::Upsert(r) => ShardReply::Upsert(self.upsert(shard, r, hops).await?),
+            ShardCall::Delete(r) => ShardReply::Delete(self.delete(shard, r, hops).await?),
+            ShardCall::Get(r) => ShardReply::Get(self.get(shard, r, hops).await?),
+            ShardCall::Count(r) => ShardReply::Count(self.count(shard, r, hops).await?),
+            ShardCall::Describe(r) => ShardReply::Describe(self.describe(shard, r, hops).await?),
+        })
+    }
+
+    /// Where a request for one shard runs. For a strong read on the local leader, first
     /// confirms the leadership with a majority (read index), so the read sees every write
     /// acknowledged before it.
     async fn route(
         &self,
         collection: &str,
+        shard: u32,
         want: Want,
         read: bool,
-    ) -> Result<(Placement, Target), Status> {
-        let (placement, target) = self.cluster.route(collection, want).await.map_err(bad)?;
+    ) -> Result<(usize, Target), Status> {
+        let (placement, target) = self
+            .cluster
+            .route(collection, shard, want)
+            .await
+            .map_err(bad)?;
+        let shards = placement.shards.len();
         if let (Target::Local(local), Want::Leader, true) = (&target, want, read) {
             match control::read_index(&local.raft, local.group).await {
                 Ok(_) => {}
                 // Leadership moved meanwhile: route again, to the new leader. A second local
                 // answer (metrics not caught up yet) is not trusted without a read index.
                 Err(e) if e.code == ErrorCode::NotLeader => {
-                    let rerouted = self.cluster.route(collection, want).await.map_err(bad)?;
-                    if let (_, Target::Local(again)) = &rerouted {
+                    let (_, rerouted) = self
+                        .cluster
+                        .route(collection, shard, want)
+                        .await
+                        .map_err(bad)?;
+                    if let Target::Local(again) = &rerouted {
                         control::read_index(&again.raft, again.group)
                             .await
                             .map_err(bad)?;
                     }
-                    return Ok(rerouted);
+                    return Ok((shards, rerouted));
                 }
                 Err(e) => return Err(bad(e)),
             }
         }
-        Ok((placement, target))
+        Ok((shards, target))
+    }
+
+    /// Refuses ids that belong to another shard (a router with a wrong map would otherwise
+    /// write them where no read finds them).
+    fn check_shard(ids: &[PointId], shard: u32, shards: usize) -> Result<(), Status> {
+        let shards = shards as u32;
+        match ids.iter().find(|id| shard_of(id, shards) != shard) {
+            None => Ok(()),
+            Some(id) => Err(Status::invalid_argument(format!(
+                "point {id} belongs to shard {} of {shards}, not to shard {shard}",
+                shard_of(id, shards)
+            ))),
+        }
     }
 
     /// Submits a write to the local leader; if leadership moved meanwhile, returns `None` so
@@ -150,55 +281,221 @@ impl Api {
 
     /// Runs RocksDB reads off the async workers.
     async fn blocking<R: Send + 'static>(
-        shard: &Arc<Shard>,
+        shard: Arc<Shard>,
         work: impl FnOnce(&Shard) -> shoal_types::Result<R> + Send + 'static,
     ) -> Result<R, Status> {
-        let shard = shard.clone();
         tokio::task::spawn_blocking(move || work(&shard))
             .await
             .map_err(|e| Status::internal(format!("request task failed: {e}")))?
             .map_err(status_from_error)
     }
 
-    /// The collection's description from a local replica, with its placement.
-    async fn describe_local(
-        local: &LocalGroup,
-        placement: &Placement,
-    ) -> Result<v1::CollectionInfo, Status> {
-        let name = placement.spec.name.clone();
-        let description =
-            Self::blocking(&local.shard(), move |shard| shard.describe(&name)).await?;
-        let mut info = collection_info(description);
-        info.replication_factor = placement.replication_factor;
-        info.replicas = placement.replicas.clone();
-        info.group = placement.group;
-        Ok(info)
+    /// The nodes a write goes to once it cannot run here.
+    fn remote(target: Target) -> Result<Vec<String>, Status> {
+        match target {
+            Target::Remote(targets) => Ok(targets),
+            Target::Local(local) => Err(Status::unavailable(format!(
+                "leadership of raft group {} changed twice during the request; retry",
+                local.group
+            ))),
+        }
     }
 
     async fn describe(
         &self,
-        name: &str,
-        want: Want,
+        shard: u32,
+        req: v1::DescribeCollectionRequest,
         hops: u32,
     ) -> Result<v1::CollectionInfo, Status> {
-        match self.route(name, want, true).await? {
-            (placement, Target::Local(local)) => Self::describe_local(&local, &placement).await,
-            (_, Target::Remote(targets)) => {
-                let request = v1::DescribeCollectionRequest {
-                    name: name.to_owned(),
-                    consistency: match want {
-                        Want::Leader => v1::Consistency::Strong,
-                        Want::Any => v1::Consistency::Eventual,
-                    }
-                    .into(),
-                };
-                self.cluster
-                    .forward(&targets, hops, &request, |ch, req| async move {
-                        self.collections_client(ch).describe_collection(req).await
-                    })
-                    .await
-                    .map(Response::into_inner)
+        let want = Want::of(req.consistency)?;
+        match self.route(&req.name, shard, want, true).await? {
+            (_, Target::Local(local)) => {
+                let name = req.name.clone();
+                let description =
+                    Self::blocking(local.shard(), move |shard| shard.describe(&name)).await?;
+                Ok(collection_info(description))
             }
+            (_, Target::Remote(targets)) => self
+                .cluster
+                .forward(&targets, hops, &req, |ch, r| async move {
+                    self.collections_client(ch)
+                        .describe_collection(for_shard(r, shard))
+                        .await
+                })
+                .await
+                .map(Response::into_inner),
+        }
+    }
+
+    async fn upsert(
+        &self,
+        shard: u32,
+        req: v1::UpsertRequest,
+        hops: u32,
+    ) -> Result<v1::UpsertResponse, Status> {
+        let (shards, target) = self
+            .route(&req.collection, shard, Want::Leader, false)
+            .await?;
+        let points = req
+            .points
+            .iter()
+            .cloned()
+            .map(Point::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let ids: Vec<PointId> = points.iter().map(|p| p.id.clone()).collect();
+        Self::check_shard(&ids, shard, shards)?;
+        if let Target::Local(local) = target {
+            let command = Command::Upsert {
+                collection: req.collection.clone(),
+                points,
+            };
+            if let Some(outcome) = self.submit(&local, command).await? {
+                return Ok(v1::UpsertResponse {
+                    upserted: outcome.affected,
+                    sequence: outcome.sequence,
+                    ..Default::default()
+                });
+            }
+        }
+        let (_, target) = self
+            .route(&req.collection, shard, Want::Leader, false)
+            .await?;
+        let targets = Self::remote(target)?;
+        self.cluster
+            .forward(&targets, hops, &req, |ch, r| async move {
+                self.points_client(ch).upsert(for_shard(r, shard)).await
+            })
+            .await
+            .map(Response::into_inner)
+    }
+
+    async fn delete(
+        &self,
+        shard: u32,
+        req: v1::DeleteRequest,
+        hops: u32,
+    ) -> Result<v1::DeleteResponse, Status> {
+        let (shards, target) = self
+            .route(&req.collection, shard, Want::Leader, false)
+            .await?;
+        let ids = ids_from_wire(req.ids.clone()).map_err(bad)?;
+        Self::check_shard(&ids, shard, shards)?;
+        if let Target::Local(local) = target {
+            let command = Command::Delete {
+                collection: req.collection.clone(),
+                ids,
+            };
+            if let Some(outcome) = self.submit(&local, command).await? {
+                return Ok(v1::DeleteResponse {
+                    deleted: outcome.affected,
+                    sequence: outcome.sequence,
+                    ..Default::default()
+                });
+            }
+        }
+        let (_, target) = self
+            .route(&req.collection, shard, Want::Leader, false)
+            .await?;
+        let targets = Self::remote(target)?;
+        self.cluster
+            .forward(&targets, hops, &req, |ch, r| async move {
+                self.points_client(ch).delete(for_shard(r, shard)).await
+            })
+            .await
+            .map(Response::into_inner)
+    }
+
+    async fn get(
+        &self,
+        shard: u32,
+        req: v1::GetRequest,
+        hops: u32,
+    ) -> Result<v1::GetResponse, Status> {
+        let want = Want::of(req.consistency)?;
+        match self.route(&req.collection, shard, want, true).await? {
+            (shards, Target::Local(local)) => {
+                let ids = ids_from_wire(req.ids).map_err(bad)?;
+                Self::check_shard(&ids, shard, shards)?;
+                let (collection, with_vectors) = (req.collection, req.with_vectors);
+                let (points, missing) = Self::blocking(local.shard(), move |shard| {
+                    shard.get(&collection, &ids, with_vectors)
+                })
+                .await?;
+                Ok(v1::GetResponse {
+                    points: points.into_iter().map(Into::into).collect(),
+                    missing: missing.into_iter().map(Into::into).collect(),
+                })
+            }
+            (_, Target::Remote(targets)) => self
+                .cluster
+                .forward(&targets, hops, &req, |ch, r| async move {
+                    self.points_client(ch).get(for_shard(r, shard)).await
+                })
+                .await
+                .map(Response::into_inner),
+        }
+    }
+
+    async fn count(
+        &self,
+        shard: u32,
+        req: v1::CountRequest,
+        hops: u32,
+    ) -> Result<v1::CountResponse, Status> {
+        let want = Want::of(req.consistency)?;
+        match self.route(&req.collection, shard, want, true).await? {
+            (_, Target::Local(local)) => {
+                let name = req.collection;
+                Self::blocking(local.shard(), move |shard| shard.count(&name))
+                    .await
+                    .map(|count| v1::CountResponse { count })
+            }
+            (_, Target::Remote(targets)) => self
+                .cluster
+                .forward(&targets, hops, &req, |ch, r| async move {
+                    self.points_client(ch).count(for_shard(r, shard)).await
+                })
+                .await
+                .map(Response::into_inner),
+        }
+    }
+
+    async fn search(
+        &self,
+        shard: u32,
+        req: v1::SearchRequest,
+        hops: u32,
+    ) -> Result<v1::SearchResponse, Status> {
+        let want = Want::of(req.consistency)?;
+        match self.route(&req.collection, shard, want, true).await? {
+            (_, Target::Local(local)) => {
+                let shard = local.shard();
+                let params = search_params_from_wire(req.params);
+                let queries: Vec<Vec<f32>> = req.queries.into_iter().map(|q| q.values).collect();
+                let k = req.k.checked_add(req.offset).ok_or_else(|| {
+                    Status::invalid_argument("k + offset must be at most the node's limits.max_k")
+                })?;
+                let offset = req.offset as usize;
+                let (collection, with_vectors) = (req.collection, req.with_vectors);
+                let mut results = self
+                    .search_pool
+                    .run(move || shard.search(&collection, &queries, k, &params, with_vectors))
+                    .await
+                    .map_err(bad)?
+                    .map_err(bad)?;
+                for hits in &mut results {
+                    hits.drain(..offset.min(hits.len()));
+                }
+                Ok(search_response(results))
+            }
+            (_, Target::Remote(targets)) => self
+                .cluster
+                .forward(&targets, hops, &req, |ch, r| async move {
+                    self.points_client(ch).search(for_shard(r, shard)).await
+                })
+                .await
+                .map(Response::into_inner),
         }
     }
 }
@@ -226,6 +523,7 @@ fn collection_info(d: CollectionDescription) -> v1::CollectionInfo {
                 bytes: s.bytes,
                 index: s.index,
                 origin: s.origin.map(|o| o.as_str().to_owned()).unwrap_or_default(),
+                shard: 0,
             })
             .collect(),
         index_state: d.index_state.as_str().to_owned(),
@@ -233,10 +531,6 @@ fn collection_info(d: CollectionDescription) -> v1::CollectionInfo {
         memory_bytes: d.memory_bytes,
         ..Default::default()
     }
-}
-
-fn bad(err: Error) -> Status {
-    status_from_error(err)
 }
 
 fn search_response(results: Vec<Vec<shoal_shard::SearchHit>>) -> v1::SearchResponse {
@@ -254,6 +548,7 @@ fn search_response(results: Vec<Vec<shoal_shard::SearchHit>>) -> v1::SearchRespo
                     .collect(),
             })
             .collect(),
+        missing_shards: Vec::new(),
     }
 }
 
@@ -275,26 +570,32 @@ impl CollectionService for Api {
             if let Some(answer) = forwarded.await {
                 return answer;
             }
-            let replicas = req.replicas;
+            let (replicas, shards) = (req.replicas, req.shards);
             let spec = CollectionSpec::try_from(req).map_err(bad)?;
             let name = spec.name.clone();
             self.cluster
-                .create_collection(spec, replicas)
+                .create_collection(spec, replicas, shards)
                 .await
                 .map_err(bad)?;
-            // Acknowledged once the collection's group has created it, so a write that
-            // follows finds it.
+            // Acknowledged once every shard's group has created it, so a write that follows
+            // finds it.
             let deadline = Instant::now() + self.cluster.forward_timeout();
             loop {
-                match self.describe(&name, Want::Leader, 0).await {
+                let describe = v1::DescribeCollectionRequest {
+                    name: name.clone(),
+                    consistency: v1::Consistency::Strong.into(),
+                };
+                match self.router.describe(describe).await {
                     Ok(_) => break,
                     Err(status)
                         if matches!(
                             status.code(),
-                            tonic::Code::NotFound | tonic::Code::Unavailable
+                            tonic::Code::NotFound
+                                | tonic::Code::Unavailable
+                                | tonic::Code::DeadlineExceeded
                         ) && Instant::now() < deadline =>
                     {
-                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     Err(status) => {
                         return Err(Status::unavailable(format!(
@@ -314,27 +615,31 @@ impl CollectionService for Api {
         &self,
         request: Request<v1::DescribeCollectionRequest>,
     ) -> Result<Response<v1::CollectionInfo>, Status> {
-        let hops = hops(&request);
+        let (hops, shard) = (hops(&request), requested_shard(&request)?);
         let req = request.into_inner();
         self.timed("DescribeCollection", async {
-            let want = want(req.consistency)?;
-            self.describe(&req.name, want, hops)
-                .await
-                .map(Response::new)
+            match shard {
+                Some(shard) => self.exec.describe(shard, req, hops).await,
+                None => self.router.describe(req).await,
+            }
+            .map(Response::new)
         })
         .await
     }
 
     async fn list_collections(
         &self,
-        request: Request<v1::ListCollectionsRequest>,
+        _request: Request<v1::ListCollectionsRequest>,
     ) -> Result<Response<v1::ListCollectionsResponse>, Status> {
-        let hops = hops(&request);
         self.timed("ListCollections", async {
             let layout = self.cluster.layout();
             let mut collections = Vec::with_capacity(layout.collections.len());
             for name in layout.collections.keys() {
-                match self.describe(name, Want::Any, hops).await {
+                let describe = v1::DescribeCollectionRequest {
+                    name: name.clone(),
+                    consistency: v1::Consistency::Eventual.into(),
+                };
+                match self.router.describe(describe).await {
                     Ok(info) => collections.push(info),
                     // Dropped meanwhile.
                     Err(status) if status.code() == tonic::Code::NotFound => {}
@@ -379,37 +684,14 @@ impl PointService for Api {
         &self,
         request: Request<v1::UpsertRequest>,
     ) -> Result<Response<v1::UpsertResponse>, Status> {
-        let hops = hops(&request);
+        let (hops, shard) = (hops(&request), requested_shard(&request)?);
         let req = request.into_inner();
         self.timed("Upsert", async {
-            if let (_, Target::Local(local)) =
-                self.route(&req.collection, Want::Leader, false).await?
-            {
-                let points = req
-                    .points
-                    .iter()
-                    .cloned()
-                    .map(Point::try_from)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(bad)?;
-                let command = Command::Upsert {
-                    collection: req.collection.clone(),
-                    points,
-                };
-                if let Some(outcome) = self.submit(&local, command).await? {
-                    return Ok(Response::new(v1::UpsertResponse {
-                        upserted: outcome.affected,
-                        sequence: outcome.sequence,
-                    }));
-                }
+            match shard {
+                Some(shard) => self.exec.upsert(shard, req, hops).await,
+                None => self.router.upsert(req).await,
             }
-            let (_, target) = self.route(&req.collection, Want::Leader, false).await?;
-            let targets = remote(target)?;
-            self.cluster
-                .forward(&targets, hops, &req, |ch, r| async move {
-                    self.points_client(ch).upsert(r).await
-                })
-                .await
+            .map(Response::new)
         })
         .await
     }
@@ -418,31 +700,14 @@ impl PointService for Api {
         &self,
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Status> {
-        let hops = hops(&request);
+        let (hops, shard) = (hops(&request), requested_shard(&request)?);
         let req = request.into_inner();
         self.timed("Get", async {
-            let want = want(req.consistency)?;
-            match self.route(&req.collection, want, true).await? {
-                (_, Target::Local(local)) => {
-                    let ids = ids_from_wire(req.ids).map_err(bad)?;
-                    let (collection, with_vectors) = (req.collection, req.with_vectors);
-                    let (points, missing) = Self::blocking(&local.shard(), move |shard| {
-                        shard.get(&collection, &ids, with_vectors)
-                    })
-                    .await?;
-                    Ok(Response::new(v1::GetResponse {
-                        points: points.into_iter().map(Into::into).collect(),
-                        missing: missing.into_iter().map(Into::into).collect(),
-                    }))
-                }
-                (_, Target::Remote(targets)) => {
-                    self.cluster
-                        .forward(&targets, hops, &req, |ch, r| async move {
-                            self.points_client(ch).get(r).await
-                        })
-                        .await
-                }
+            match shard {
+                Some(shard) => self.exec.get(shard, req, hops).await,
+                None => self.router.get(req).await,
             }
+            .map(Response::new)
         })
         .await
     }
@@ -452,31 +717,14 @@ impl PointService for Api {
         &self,
         request: Request<v1::DeleteRequest>,
     ) -> Result<Response<v1::DeleteResponse>, Status> {
-        let hops = hops(&request);
+        let (hops, shard) = (hops(&request), requested_shard(&request)?);
         let req = request.into_inner();
         self.timed("Delete", async {
-            if let (_, Target::Local(local)) =
-                self.route(&req.collection, Want::Leader, false).await?
-            {
-                let ids = ids_from_wire(req.ids.clone()).map_err(bad)?;
-                let command = Command::Delete {
-                    collection: req.collection.clone(),
-                    ids,
-                };
-                if let Some(outcome) = self.submit(&local, command).await? {
-                    return Ok(Response::new(v1::DeleteResponse {
-                        deleted: outcome.affected,
-                        sequence: outcome.sequence,
-                    }));
-                }
+            match shard {
+                Some(shard) => self.exec.delete(shard, req, hops).await,
+                None => self.router.delete(req).await,
             }
-            let (_, target) = self.route(&req.collection, Want::Leader, false).await?;
-            let targets = remote(target)?;
-            self.cluster
-                .forward(&targets, hops, &req, |ch, r| async move {
-                    self.points_client(ch).delete(r).await
-                })
-                .await
+            .map(Response::new)
         })
         .await
     }
@@ -485,25 +733,14 @@ impl PointService for Api {
         &self,
         request: Request<v1::CountRequest>,
     ) -> Result<Response<v1::CountResponse>, Status> {
-        let hops = hops(&request);
+        let (hops, shard) = (hops(&request), requested_shard(&request)?);
         let req = request.into_inner();
         self.timed("Count", async {
-            let want = want(req.consistency)?;
-            match self.route(&req.collection, want, true).await? {
-                (_, Target::Local(local)) => {
-                    let name = req.collection;
-                    Self::blocking(&local.shard(), move |shard| shard.count(&name))
-                        .await
-                        .map(|count| Response::new(v1::CountResponse { count }))
-                }
-                (_, Target::Remote(targets)) => {
-                    self.cluster
-                        .forward(&targets, hops, &req, |ch, r| async move {
-                            self.points_client(ch).count(r).await
-                        })
-                        .await
-                }
+            match shard {
+                Some(shard) => self.exec.count(shard, req, hops).await,
+                None => self.router.count(req).await,
             }
+            .map(Response::new)
         })
         .await
     }
@@ -512,45 +749,15 @@ impl PointService for Api {
         &self,
         request: Request<v1::SearchRequest>,
     ) -> Result<Response<v1::SearchResponse>, Status> {
-        let hops = hops(&request);
+        let (hops, shard) = (hops(&request), requested_shard(&request)?);
         let req = request.into_inner();
         self.timed("Search", async {
-            let want = want(req.consistency)?;
-            match self.route(&req.collection, want, true).await? {
-                (_, Target::Local(local)) => {
-                    let shard = local.shard();
-                    let params = search_params_from_wire(req.params);
-                    let queries: Vec<Vec<f32>> =
-                        req.queries.into_iter().map(|q| q.values).collect();
-                    let (collection, k, with_vectors) = (req.collection, req.k, req.with_vectors);
-                    let results = self
-                        .search_pool
-                        .run(move || shard.search(&collection, &queries, k, &params, with_vectors))
-                        .await
-                        .map_err(bad)?
-                        .map_err(bad)?;
-                    Ok(Response::new(search_response(results)))
-                }
-                (_, Target::Remote(targets)) => {
-                    self.cluster
-                        .forward(&targets, hops, &req, |ch, r| async move {
-                            self.points_client(ch).search(r).await
-                        })
-                        .await
-                }
+            match shard {
+                Some(shard) => self.exec.search(shard, req, hops).await,
+                None => self.router.search(req).await,
             }
+            .map(Response::new)
         })
         .await
-    }
-}
-
-/// The nodes a write goes to once it cannot run here.
-fn remote(target: Target) -> Result<Vec<String>, Status> {
-    match target {
-        Target::Remote(targets) => Ok(targets),
-        Target::Local(local) => Err(Status::unavailable(format!(
-            "leadership of raft group {} changed twice during the request; retry",
-            local.group
-        ))),
     }
 }

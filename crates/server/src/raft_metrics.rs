@@ -72,8 +72,8 @@ impl Collector for RaftMetrics {
         let status = self.cluster.node_status();
         for g in &status.groups {
             let collection = layout
-                .collection_of(g.group)
-                .map(|p| p.spec.name.as_str())
+                .group(g.group)
+                .map(|g| g.collection.spec.name.as_str())
                 .unwrap_or_default();
             let group = g.group.to_string();
             let labels = [group.as_str(), collection];

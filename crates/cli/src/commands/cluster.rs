@@ -1,5 +1,5 @@
-//! `shoalctl cluster status` and `shoalctl node ...`: the cluster's nodes and Raft groups, over
-//! `ClusterService`.
+//! `shoalctl cluster status`, `shoalctl node ...` and `shoalctl shard ...`: the cluster's
+//! nodes, Raft groups and shard placement, over `ClusterService`.
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -30,6 +30,39 @@ pub enum NodeCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Move every replica off a node (one at a time, each caught up on its new node before
+    /// the old one leaves), so that it can be removed without losing a replica. Waits until
+    /// the node holds none, unless --no-wait.
+    Drain {
+        /// Id of the node.
+        id: u64,
+        /// Stop draining it (replicas already moved stay where they are).
+        #[arg(long)]
+        cancel: bool,
+        /// Return once the drain is recorded.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the node to be empty.
+        #[arg(long, default_value_t = 1800)]
+        timeout_secs: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShardCommand {
+    /// Show a collection's shards: placement, leader, and each replica's state and lag.
+    List { collection: String },
+    /// Move one replica of a shard from a node to another.
+    Move {
+        collection: String,
+        shard: u32,
+        /// Node that holds the replica now.
+        #[arg(long)]
+        from: u64,
+        /// Node to move it to.
+        #[arg(long)]
+        to: u64,
+    },
 }
 
 pub async fn run(mut clients: Clients, format: Format, command: ClusterCommand) -> Result<()> {
@@ -43,6 +76,103 @@ pub async fn run_node(mut clients: Clients, format: Format, command: NodeCommand
         NodeCommand::List => output::print(format, &list_nodes(&mut clients).await?),
         NodeCommand::Remove { id, force } => {
             output::print(format, &remove_node(&mut clients, id, force).await?)
+        }
+        NodeCommand::Drain {
+            id,
+            cancel,
+            no_wait,
+            timeout_secs,
+        } => {
+            let request = v1::DrainNodeRequest { id, cancel };
+            let mut replicas = clients
+                .cluster
+                .drain_node(request)
+                .await
+                .map_err(service_error)?
+                .into_inner()
+                .replicas;
+            if !(cancel || no_wait) {
+                let deadline =
+                    std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+                while replicas > 0 {
+                    anyhow::ensure!(
+                        std::time::Instant::now() < deadline,
+                        "node {id} still holds {replicas} replicas after {timeout_secs} s; the \
+                         drain goes on in the background (shoalctl node list shows it)"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    let nodes = list_nodes(&mut clients).await?;
+                    replicas = nodes
+                        .0
+                        .iter()
+                        .find(|n| n.id == id)
+                        .and_then(|n| n.replicas)
+                        .unwrap_or(0);
+                }
+            }
+            output::print(
+                format,
+                &Drained {
+                    node: id,
+                    draining: !cancel,
+                    replicas,
+                },
+            )
+        }
+    }
+}
+
+pub async fn run_shard(mut clients: Clients, format: Format, command: ShardCommand) -> Result<()> {
+    match command {
+        ShardCommand::List { collection } => {
+            let response = clients
+                .cluster
+                .list_shards(v1::ListShardsRequest { collection })
+                .await
+                .map_err(service_error)?
+                .into_inner();
+            let shards = response
+                .shards
+                .into_iter()
+                .map(|s| {
+                    let info = s.shard.unwrap_or_default();
+                    ShardReport {
+                        shard: info.shard,
+                        group: info.group,
+                        replicas: info.replicas,
+                        leaving: info.leaving,
+                        status: s.group.map(GroupReport::from),
+                    }
+                })
+                .collect();
+            output::print(format, &ShardList(shards))
+        }
+        ShardCommand::Move {
+            collection,
+            shard,
+            from,
+            to,
+        } => {
+            let request = v1::MoveShardRequest {
+                collection: collection.clone(),
+                shard,
+                from,
+                to,
+            };
+            clients
+                .cluster
+                .move_shard(request)
+                .await
+                .map_err(service_error)?;
+            output::print(
+                format,
+                &Moving {
+                    collection,
+                    shard,
+                    from,
+                    to,
+                },
+            )
         }
     }
 }
@@ -105,6 +235,10 @@ struct NodeReport {
     id: u64,
     address: String,
     meta_role: String,
+    draining: bool,
+    /// Shard replicas it holds (`None` from servers that do not say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replicas: Option<u64>,
     /// Only `cluster status` checks it.
     #[serde(skip_serializing_if = "Option::is_none")]
     reachable: Option<bool>,
@@ -115,6 +249,7 @@ struct GroupReport {
     group: u64,
     /// `None` for the meta group.
     collection: Option<String>,
+    shard: u32,
     /// `None` when no leader is known.
     leader: Option<u64>,
     term: u64,
@@ -145,36 +280,41 @@ impl NodeReport {
             id: node.id,
             address: node.address,
             meta_role: node.meta_role,
+            draining: node.draining,
+            replicas: Some(node.replicas),
             reachable: None,
+        }
+    }
+}
+
+impl From<v1::GroupStatus> for GroupReport {
+    fn from(g: v1::GroupStatus) -> Self {
+        GroupReport {
+            group: g.group,
+            collection: (!g.collection.is_empty()).then_some(g.collection),
+            shard: g.shard,
+            leader: (g.leader != 0).then_some(g.leader),
+            term: g.term,
+            replicas: g
+                .replicas
+                .into_iter()
+                .map(|r| ReplicaReport {
+                    node_id: r.node_id,
+                    state: r.state,
+                    term: r.term,
+                    last_log_index: r.last_log_index,
+                    committed_index: r.committed_index,
+                    applied_index: r.applied_index,
+                    lag: r.lag,
+                })
+                .collect(),
         }
     }
 }
 
 impl From<v1::ClusterStatusResponse> for ClusterReport {
     fn from(response: v1::ClusterStatusResponse) -> Self {
-        let groups = response
-            .groups
-            .into_iter()
-            .map(|g| GroupReport {
-                group: g.group,
-                collection: (!g.collection.is_empty()).then_some(g.collection),
-                leader: (g.leader != 0).then_some(g.leader),
-                term: g.term,
-                replicas: g
-                    .replicas
-                    .into_iter()
-                    .map(|r| ReplicaReport {
-                        node_id: r.node_id,
-                        state: r.state,
-                        term: r.term,
-                        last_log_index: r.last_log_index,
-                        committed_index: r.committed_index,
-                        applied_index: r.applied_index,
-                        lag: r.lag,
-                    })
-                    .collect(),
-            })
-            .collect();
+        let groups = response.groups.into_iter().map(GroupReport::from).collect();
         ClusterReport {
             node_id: response.node_id,
             nodes: response
@@ -211,7 +351,9 @@ impl Report for ClusterReport {
             let group = [
                 g.group.to_string(),
                 // Collection names cannot contain parentheses.
-                g.collection.clone().unwrap_or_else(|| "(meta)".to_owned()),
+                g.collection
+                    .as_ref()
+                    .map_or("(meta)".to_owned(), |c| format!("{c}/{}", g.shard)),
                 g.leader.map_or("none".to_owned(), |l| l.to_string()),
                 g.term.to_string(),
             ];
@@ -238,7 +380,7 @@ impl Report for ClusterReport {
         }
         let group_headers = [
             "GROUP",
-            "COLLECTION",
+            "COLLECTION/SHARD",
             "LEADER",
             "TERM",
             "NODE",
@@ -269,9 +411,113 @@ impl Report for NodeList {
         let rows: Vec<Vec<String>> = self
             .0
             .iter()
-            .map(|n| vec![n.id.to_string(), n.address.clone(), n.meta_role.clone()])
+            .map(|n| {
+                vec![
+                    n.id.to_string(),
+                    n.address.clone(),
+                    n.meta_role.clone(),
+                    n.replicas.map_or(String::new(), |r| r.to_string()),
+                    if n.draining { "yes" } else { "" }.to_owned(),
+                ]
+            })
             .collect();
-        table(&["ID", "ADDRESS", "META ROLE"], &rows)
+        table(
+            &["ID", "ADDRESS", "META ROLE", "REPLICAS", "DRAINING"],
+            &rows,
+        )
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Drained {
+    node: u64,
+    draining: bool,
+    /// Replicas it still holds.
+    replicas: u64,
+}
+
+impl Report for Drained {
+    fn text(&self) -> String {
+        match (self.draining, self.replicas) {
+            (false, n) => format!("node {} is no longer draining; it holds {n} replicas", self.node),
+            (true, 0) => format!("node {} is drained: it holds no replica", self.node),
+            (true, n) => format!(
+                "node {} is draining; {n} replicas left to move (shoalctl node list shows progress)",
+                self.node
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ShardReport {
+    shard: u32,
+    group: u64,
+    replicas: Vec<u64>,
+    leaving: Vec<u64>,
+    status: Option<GroupReport>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+struct ShardList(Vec<ShardReport>);
+
+impl Report for ShardList {
+    fn text(&self) -> String {
+        let mut rows = Vec::new();
+        for s in &self.0 {
+            let status = s.status.as_ref();
+            let head = [
+                s.shard.to_string(),
+                s.group.to_string(),
+                status
+                    .and_then(|g| g.leader)
+                    .map_or("none".to_owned(), |l| l.to_string()),
+            ];
+            let replicas = status.map(|g| g.replicas.as_slice()).unwrap_or_default();
+            for (i, r) in replicas.iter().enumerate() {
+                let mut row = if i == 0 {
+                    head.to_vec()
+                } else {
+                    vec![String::new(); head.len()]
+                };
+                let role = if s.leaving.contains(&r.node_id) {
+                    format!("{} (leaving)", r.state)
+                } else {
+                    r.state.clone()
+                };
+                row.extend([
+                    r.node_id.to_string(),
+                    role,
+                    r.applied_index.to_string(),
+                    r.lag.to_string(),
+                ]);
+                rows.push(row);
+            }
+        }
+        table(
+            &[
+                "SHARD", "GROUP", "LEADER", "NODE", "STATE", "APPLIED", "LAG",
+            ],
+            &rows,
+        )
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Moving {
+    collection: String,
+    shard: u32,
+    from: u64,
+    to: u64,
+}
+
+impl Report for Moving {
+    fn text(&self) -> String {
+        format!(
+            "moving shard {} of {} from node {} to node {} (shoalctl shard list {} shows progress)",
+            self.shard, self.collection, self.from, self.to, self.collection
+        )
     }
 }
 
@@ -317,6 +563,8 @@ mod tests {
             address: format!("10.0.0.{id}:7600"),
             meta_role: meta_role.into(),
             reachable,
+            draining: false,
+            replicas: id,
         }
     }
 
@@ -341,6 +589,7 @@ mod tests {
                 v1::GroupStatus {
                     group: 0,
                     collection: String::new(),
+                    shard: 0,
                     leader: 1,
                     term: 2,
                     replicas: vec![replica(1, "leader", 12, 0), replica(2, "unreachable", 9, 3)],
@@ -348,6 +597,7 @@ mod tests {
                 v1::GroupStatus {
                     group: 5,
                     collection: "glove".into(),
+                    shard: 2,
                     leader: 0,
                     term: 4,
                     replicas: vec![],
@@ -369,14 +619,15 @@ mod tests {
             serde_json::json!({
                 "node_id": 1,
                 "nodes": [
-                    {"id": 1, "address": "10.0.0.1:7600", "meta_role": "voter", "reachable": true},
+                    {"id": 1, "address": "10.0.0.1:7600", "meta_role": "voter", "reachable": true,
+                     "draining": false, "replicas": 1},
                     {"id": 2, "address": "10.0.0.2:7600", "meta_role": "learner",
-                     "reachable": false},
+                     "reachable": false, "draining": false, "replicas": 2},
                 ],
                 "groups": [
-                    {"group": 0, "collection": null, "leader": 1, "term": 2,
+                    {"group": 0, "collection": null, "shard": 0, "leader": 1, "term": 2,
                      "replicas": [replica(1, "leader", 12, 0), replica(2, "unreachable", 9, 3)]},
-                    {"group": 5, "collection": "glove", "leader": null, "term": 4,
+                    {"group": 5, "collection": "glove", "shard": 2, "leader": null, "term": 4,
                      "replicas": []},
                 ],
             })
@@ -392,10 +643,10 @@ mod tests {
             "1   10.0.0.1:7600  voter      yes",
             "2   10.0.0.2:7600  learner    no",
             "",
-            "GROUP  COLLECTION  LEADER  TERM  NODE  STATE        LAST LOG  COMMITTED  APPLIED  LAG",
-            "0      (meta)      1       2     1     leader       12        12         12       0",
-            "                                 2     unreachable  12        12         9        3",
-            "5      glove       none    4",
+            "GROUP  COLLECTION/SHARD  LEADER  TERM  NODE  STATE        LAST LOG  COMMITTED  APPLIED  LAG",
+            "0      (meta)            1       2     1     leader       12        12         12       0",
+            "                                       2     unreachable  12        12         9        3",
+            "5      glove/2           none    4",
         ];
         assert_eq!(ClusterReport::from(cluster()).text(), expected.join("\n"));
     }
@@ -405,11 +656,12 @@ mod tests {
         let list = NodeList(vec![NodeReport::listed(node(3, "voter", false))]);
         assert_eq!(
             serde_json::to_value(&list).unwrap(),
-            serde_json::json!([{"id": 3, "address": "10.0.0.3:7600", "meta_role": "voter"}])
+            serde_json::json!([{"id": 3, "address": "10.0.0.3:7600", "meta_role": "voter",
+                                "draining": false, "replicas": 3}])
         );
         assert_eq!(
             list.text(),
-            "ID  ADDRESS        META ROLE\n3   10.0.0.3:7600  voter"
+            "ID  ADDRESS        META ROLE  REPLICAS  DRAINING\n3   10.0.0.3:7600  voter      3"
         );
     }
 
@@ -469,6 +721,27 @@ mod tests {
             Ok(Response::new(v1::ListNodesResponse {
                 nodes: cluster().nodes,
             }))
+        }
+
+        async fn drain_node(
+            &self,
+            _: Request<v1::DrainNodeRequest>,
+        ) -> Result<Response<v1::DrainNodeResponse>, Status> {
+            Err(Status::unimplemented(""))
+        }
+
+        async fn list_shards(
+            &self,
+            _: Request<v1::ListShardsRequest>,
+        ) -> Result<Response<v1::ListShardsResponse>, Status> {
+            Err(Status::unimplemented(""))
+        }
+
+        async fn move_shard(
+            &self,
+            _: Request<v1::MoveShardRequest>,
+        ) -> Result<Response<v1::MoveShardResponse>, Status> {
+            Err(Status::unimplemented(""))
         }
 
         async fn remove_node(

@@ -49,6 +49,10 @@ pub struct CreateArgs {
     /// nodes, the collection gains the missing replicas as nodes join.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     replicas: Option<u32>,
+    /// Shards of the collection [default: 1]; a point's shard is a fixed hash of its id.
+    /// Fixed for the collection's life.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    shards: Option<u32>,
 }
 
 impl CreateArgs {
@@ -60,6 +64,7 @@ impl CreateArgs {
             &self.index,
             &self.params,
             self.replicas,
+            self.shards,
         )
     }
 }
@@ -81,6 +86,7 @@ pub fn create_request(
     index: &str,
     params: &[(String, String)],
     replicas: Option<u32>,
+    shards: Option<u32>,
 ) -> v1::CreateCollectionRequest {
     v1::CreateCollectionRequest {
         name: name.to_owned(),
@@ -90,6 +96,7 @@ pub fn create_request(
         index_params: params.iter().cloned().collect(),
         // The server reads 0 as 1.
         replicas: replicas.unwrap_or(0),
+        shards: shards.unwrap_or(0),
     }
 }
 
@@ -173,10 +180,22 @@ struct CollectionReport {
     replication_factor: u32,
     replicas: Vec<u64>,
     group: u64,
+    shards: Vec<ShardReport>,
+}
+
+#[derive(Serialize)]
+struct ShardReport {
+    shard: u32,
+    group: u64,
+    replicas: Vec<u64>,
+    leaving: Vec<u64>,
+    points: u64,
+    index_state: String,
 }
 
 #[derive(Serialize)]
 struct SegmentReport {
+    shard: u32,
     id: u64,
     state: &'static str,
     points: u64,
@@ -192,6 +211,7 @@ impl From<v1::CollectionInfo> for CollectionReport {
             .segments
             .into_iter()
             .map(|s| SegmentReport {
+                shard: s.shard,
                 id: s.id,
                 state: match SegmentState::try_from(s.state) {
                     Ok(SegmentState::Growing) => "growing",
@@ -220,6 +240,18 @@ impl From<v1::CollectionInfo> for CollectionReport {
             replication_factor: info.replication_factor,
             replicas: info.replicas,
             group: info.group,
+            shards: info
+                .shards
+                .into_iter()
+                .map(|s| ShardReport {
+                    shard: s.shard,
+                    group: s.group,
+                    replicas: s.replicas,
+                    leaving: s.leaving,
+                    points: s.points,
+                    index_state: s.index_state,
+                })
+                .collect(),
         }
     }
 }
@@ -244,7 +276,7 @@ impl Report for CollectionReport {
              index:         {}\n\
              index params:  {params}\n\
              replicas:      {replicas} (replication factor {})\n\
-             group:         {}\n\
+             shards:        {}\n\
              points:        {}\n\
              index state:   {}\n\
              disk bytes:    {} ({})\n\
@@ -255,7 +287,7 @@ impl Report for CollectionReport {
             self.metric,
             self.index,
             self.replication_factor,
-            self.group,
+            self.shards.len().max(1),
             self.points,
             self.index_state,
             self.disk_bytes,
@@ -264,12 +296,37 @@ impl Report for CollectionReport {
             HumanBytes(self.memory_bytes),
             self.segments.len(),
         );
+        if !self.shards.is_empty() {
+            let rows: Vec<Vec<String>> = self
+                .shards
+                .iter()
+                .map(|s| {
+                    let mut nodes = node_list(&s.replicas, ",");
+                    if !s.leaving.is_empty() {
+                        nodes.push_str(&format!(" (leaving {})", node_list(&s.leaving, ",")));
+                    }
+                    vec![
+                        s.shard.to_string(),
+                        s.group.to_string(),
+                        nodes,
+                        s.points.to_string(),
+                        s.index_state.clone(),
+                    ]
+                })
+                .collect();
+            text.push_str("\n\n");
+            text.push_str(&table(
+                &["SHARD", "GROUP", "REPLICAS", "POINTS", "INDEX STATE"],
+                &rows,
+            ));
+        }
         if !self.segments.is_empty() {
             let rows: Vec<Vec<String>> = self
                 .segments
                 .iter()
                 .map(|s| {
                     vec![
+                        s.shard.to_string(),
                         s.id.to_string(),
                         s.state.to_owned(),
                         s.points.to_string(),
@@ -281,7 +338,7 @@ impl Report for CollectionReport {
                 })
                 .collect();
             let headers = [
-                "ID", "STATE", "POINTS", "DELETED", "BYTES", "INDEX", "ORIGIN",
+                "SHARD", "ID", "STATE", "POINTS", "DELETED", "BYTES", "INDEX", "ORIGIN",
             ];
             text.push_str("\n\n");
             text.push_str(&table(&headers, &rows));
@@ -370,6 +427,7 @@ mod tests {
                 bytes: 48,
                 index: "HNSW32,Flat".into(),
                 origin: "built".into(),
+                shard: 0,
             }],
             index_state: "ready".into(),
             disk_bytes: 100,
@@ -377,6 +435,14 @@ mod tests {
             replication_factor: 3,
             replicas: vec![1, 2, 3],
             group: 7,
+            shards: vec![v1::ShardInfo {
+                shard: 0,
+                group: 7,
+                replicas: vec![1, 2, 3],
+                leaving: vec![],
+                points: 3,
+                index_state: "ready".into(),
+            }],
         };
         let json = serde_json::to_value(CollectionReport::from(info)).unwrap();
         assert_eq!(
@@ -384,10 +450,13 @@ mod tests {
             serde_json::json!({
                 "name": "c", "dimension": 4, "metric": "cosine", "index": "HNSW32,Flat",
                 "index_params": {"efSearch": "64"}, "points": 3,
-                "segments": [{"id": 1, "state": "sealed", "points": 3, "deleted": 1,
-                              "bytes": 48, "index": "HNSW32,Flat", "origin": "built"}],
+                "segments": [{"shard": 0, "id": 1, "state": "sealed", "points": 3,
+                              "deleted": 1, "bytes": 48, "index": "HNSW32,Flat",
+                              "origin": "built"}],
                 "index_state": "ready", "disk_bytes": 100, "memory_bytes": 200,
                 "replication_factor": 3, "replicas": [1, 2, 3], "group": 7,
+                "shards": [{"shard": 0, "group": 7, "replicas": [1, 2, 3], "leaving": [],
+                            "points": 3, "index_state": "ready"}],
             })
         );
     }
@@ -443,7 +512,7 @@ mod tests {
             text.contains("replicas:      1, 2 (replication factor 3)\n"),
             "{text}"
         );
-        assert!(text.contains("group:         7\n"), "{text}");
+        assert!(text.contains("shards:        1\n"), "{text}");
         let list = CollectionList(vec![info.into()]).text();
         let row = list.lines().nth(1).unwrap();
         assert!(row.ends_with("  7      3            1,2"), "{list}");

@@ -99,7 +99,9 @@ pub async fn run(mut clients: Clients, format: Format, command: PointsCommand) -
                 collection,
                 ids: ids.into_iter().map(Into::into).collect(),
             };
-            let deleted = clients.points.delete(request).await?.into_inner().deleted;
+            let response = clients.points.delete(request).await?.into_inner();
+            ensure_acknowledged(&response.failed_shards, response.unacknowledged.len())?;
+            let deleted = response.deleted;
             output::print(format, &Deleted { deleted })
         }
         PointsCommand::Count { collection, read } => {
@@ -198,7 +200,7 @@ async fn upsert_batches(
             collection: collection.to_owned(),
             points,
         };
-        upserted += clients.points.upsert(request).await?.into_inner().upserted;
+        upserted += acknowledged(clients.points.upsert(request).await?.into_inner())?;
         progress.inc(n);
     }
     Ok(upserted)
@@ -266,6 +268,22 @@ impl Report for Count {
     fn text(&self) -> String {
         self.count.to_string()
     }
+}
+
+/// Fails when some shards did not acknowledge their part of a write.
+pub fn ensure_acknowledged(failed: &[v1::ShardFailure], unacknowledged: usize) -> Result<()> {
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{unacknowledged} points were not acknowledged (retry them; writes are idempotent): {}",
+        crate::output::shard_failures(failed)
+    );
+    Ok(())
+}
+
+/// The points an upsert wrote, or an error if some shards did not acknowledge theirs.
+pub fn acknowledged(response: v1::UpsertResponse) -> Result<u64> {
+    ensure_acknowledged(&response.failed_shards, response.unacknowledged.len())?;
+    Ok(response.upserted)
 }
 
 #[cfg(test)]

@@ -27,6 +27,13 @@ pub struct SearchArgs {
     /// Results per query.
     #[arg(long, default_value_t = 10)]
     k: u32,
+    /// Hits to skip before the k returned (pagination).
+    #[arg(long, default_value_t = 0)]
+    offset: u32,
+    /// Fail when a shard cannot answer, instead of printing the other shards' hits with a
+    /// warning.
+    #[arg(long)]
+    require_all_shards: bool,
     #[command(flatten)]
     params: SearchParamsArgs,
     /// Also print the vectors of the hits.
@@ -87,8 +94,16 @@ pub async fn run(mut clients: Clients, format: Format, args: SearchArgs) -> Resu
             params: Some(args.params.to_wire()),
             with_vectors: args.with_vectors,
             consistency: args.read.to_wire(),
+            offset: args.offset,
+            require_all_shards: args.require_all_shards,
         };
         let response = clients.points.search(request).await?.into_inner();
+        if !response.missing_shards.is_empty() {
+            eprintln!(
+                "warning: results are incomplete: {}",
+                crate::output::shard_failures(&response.missing_shards)
+            );
+        }
         ensure!(
             response.results.len() == chunk.len(),
             "the server returned {} results for {} queries",

@@ -1,0 +1,81 @@
+//! The shard map a router routes by: for every collection its metric and dimension, and for
+//! every shard its group and replica nodes, with a version that grows with every layout
+//! change. Built from the internal `ShardMapResponse`, which nodes derive from the meta
+//! group's layout.
+
+use std::collections::BTreeMap;
+
+use shoal_proto::internal::v1 as internal;
+use shoal_proto::metric_from_wire;
+use shoal_types::{Error, Metric, Result};
+
+pub type NodeId = u64;
+
+#[derive(Debug, Clone, Default)]
+pub struct ShardMap {
+    pub version: u64,
+    pub nodes: BTreeMap<NodeId, String>,
+    pub collections: BTreeMap<String, CollectionRoute>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CollectionRoute {
+    pub name: String,
+    pub dimension: u32,
+    pub metric: Metric,
+    pub replication_factor: u32,
+    pub shards: Vec<ShardRoute>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShardRoute {
+    pub group: u64,
+    /// Preferred leader first.
+    pub replicas: Vec<NodeId>,
+    /// The leader, when the node that made the map knew it.
+    pub leader: Option<NodeId>,
+    /// Nodes whose replica is moving away (they still answer).
+    pub leaving: Vec<NodeId>,
+}
+
+impl TryFrom<internal::ShardMapResponse> for ShardMap {
+    type Error = Error;
+
+    fn try_from(wire: internal::ShardMapResponse) -> Result<Self> {
+        let collections = wire
+            .collections
+            .into_iter()
+            .map(|c| {
+                let metric = metric_from_wire(c.metric)?;
+                let route = CollectionRoute {
+                    name: c.name.clone(),
+                    dimension: c.dimension,
+                    metric,
+                    replication_factor: c.replication_factor,
+                    shards: c
+                        .shards
+                        .into_iter()
+                        .map(|s| ShardRoute {
+                            group: s.group,
+                            replicas: s.replicas,
+                            leader: (s.leader != 0).then_some(s.leader),
+                            leaving: s.leaving,
+                        })
+                        .collect(),
+                };
+                if route.shards.is_empty() {
+                    return Err(Error::internal(format!(
+                        "the shard map lists collection {:?} without shards",
+                        c.name
+                    )));
+                }
+                Ok((c.name, route))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            version: wire.version,
+            nodes: wire.nodes.into_iter().collect(),
+            collections,
+        })
+    }
+}

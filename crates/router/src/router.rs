@@ -1,0 +1,672 @@
+//! Fan-out: a request for a collection becomes one call per shard it touches, each sent to
+//! one replica of that shard and retried on the next replica when the first cannot answer;
+//! the answers are combined (search hits merged, counts summed, points put back in request
+//! order).
+//!
+//! Replica choice: writes and strong reads go to the shard's leader when the map names it,
+//! else to its replicas in order (the preferred leader first; a replica that is not the leader
+//! forwards to it). Eventual reads go to this node's own replica if it has one, then to the
+//! replica with the fewest calls in flight from this router.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use parking_lot::{Mutex, RwLock};
+use shoal_proto::v1;
+use shoal_proto::{ids_from_wire, status_from_error};
+use shoal_types::{validate_ids, Error, PointId};
+use tonic::{Code, Status};
+
+use crate::hash::shard_of;
+use crate::map::{CollectionRoute, NodeId, ShardMap, ShardRoute};
+use crate::merge::{merge, Hit};
+
+/// Which replica of a shard a call needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// The leader: writes and strong reads.
+    Leader,
+    /// Any replica: eventual reads.
+    Any,
+}
+
+impl Want {
+    pub fn of(consistency: i32) -> Result<Self, Status> {
+        match v1::Consistency::try_from(consistency) {
+            Ok(v1::Consistency::Strong) => Ok(Want::Leader),
+            Ok(v1::Consistency::Eventual) => Ok(Want::Any),
+            Err(_) => Err(Status::invalid_argument(format!(
+                "unknown consistency level {consistency}"
+            ))),
+        }
+    }
+}
+
+/// One shard's part of a request: the public request, restricted to the shard.
+#[derive(Debug, Clone)]
+pub enum ShardCall {
+    Search(v1::SearchRequest),
+    Upsert(v1::UpsertRequest),
+    Delete(v1::DeleteRequest),
+    Get(v1::GetRequest),
+    Count(v1::CountRequest),
+    Describe(v1::DescribeCollectionRequest),
+}
+
+/// A shard's answer to a [`ShardCall`] of the same kind.
+#[derive(Debug, Clone)]
+pub enum ShardReply {
+    Search(v1::SearchResponse),
+    Upsert(v1::UpsertResponse),
+    Delete(v1::DeleteResponse),
+    Get(v1::GetResponse),
+    Count(v1::CountResponse),
+    Describe(v1::CollectionInfo),
+}
+
+/// How the router reaches shards and learns the shard map.
+#[tonic::async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Runs `call` on shard `shard` at node `node` (reached at `address`), within `timeout`.
+    /// The node runs it on its replica, or forwards it to the shard's leader when the call
+    /// needs the leader.
+    async fn call(
+        &self,
+        node: NodeId,
+        address: &str,
+        shard: u32,
+        call: ShardCall,
+        timeout: Duration,
+    ) -> Result<ShardReply, Status>;
+
+    /// A current shard map, asked for when a request names a collection the router's map
+    /// lacks. None if none can be had now.
+    async fn refresh(&self) -> Option<ShardMap>;
+}
+
+/// Routes requests over the shards of collections.
+pub struct Router {
+    map: RwLock<Arc<ShardMap>>,
+    transport: Arc<dyn Transport>,
+    /// This process's node, when it is one: its replicas are preferred for eventual reads.
+    local: Option<NodeId>,
+    /// Calls in flight from this router, per node.
+    inflight: Mutex<HashMap<NodeId, usize>>,
+    timeout: Duration,
+}
+
+/// Counts a call in flight to a node until dropped.
+struct InFlight<'a> {
+    router: &'a Router,
+    node: NodeId,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.router.inflight.lock().get_mut(&self.node) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// Whether another replica may answer where this one could not.
+fn retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted
+    )
+}
+
+/// Whether a shard that failed so is missing from a search (rather than the search being
+/// wrong, which fails it whole).
+fn missing(status: &Status) -> bool {
+    retryable(status)
+        || matches!(
+            status.code(),
+            Code::DeadlineExceeded | Code::ResourceExhausted
+        )
+}
+
+fn failure(shard: u32, status: &Status) -> v1::ShardFailure {
+    v1::ShardFailure {
+        shard,
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+    }
+}
+
+fn describe_failures(failures: &[v1::ShardFailure]) -> String {
+    failures
+        .iter()
+        .map(|f| format!("shard {}: {}", f.shard, f.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn unexpected(shard: u32) -> Status {
+    Status::internal(format!(
+        "shard {shard} answered with the wrong kind of reply"
+    ))
+}
+
+fn bad(e: Error) -> Status {
+    status_from_error(e)
+}
+
+impl Hit for v1::ScoredPoint {
+    fn score(&self) -> f32 {
+        self.score
+    }
+
+    fn id(&self) -> PointId {
+        self.id
+            .clone()
+            .and_then(|id| PointId::try_from(id).ok())
+            .unwrap_or(PointId::Num(0))
+    }
+}
+
+impl Router {
+    /// A router over `transport`; requests time out after `timeout` in all.
+    pub fn new(transport: Arc<dyn Transport>, local: Option<NodeId>, timeout: Duration) -> Self {
+        Self {
+            map: RwLock::new(Arc::new(ShardMap::default())),
+            transport,
+            local,
+            inflight: Mutex::new(HashMap::new()),
+            timeout,
+        }
+    }
+
+    /// Routes by `map` from now on, unless the router has a newer one.
+    pub fn set_map(&self, map: ShardMap) {
+        let mut current = self.map.write();
+        if map.version >= current.version {
+            *current = Arc::new(map);
+        }
+    }
+
+    pub fn map(&self) -> Arc<ShardMap> {
+        self.map.read().clone()
+    }
+
+    /// The collection's route; a collection the map lacks is looked up once more in a fresh
+    /// map (it may be new).
+    async fn collection(&self, name: &str) -> Result<CollectionRoute, Status> {
+        if let Some(route) = self.map().collections.get(name) {
+            return Ok(route.clone());
+        }
+        if let Some(map) = self.transport.refresh().await {
+            self.set_map(map);
+        }
+        self.map()
+            .collections
+            .get(name)
+            .cloned()
+            .ok_or_else(|| bad(Error::unknown_collection(name)))
+    }
+
+    /// The replicas to try for a call, best first.
+    fn candidates(&self, shard: &ShardRoute, want: Want) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = shard
+            .replicas
+            .iter()
+            .chain(&shard.leaving)
+            .copied()
+            .collect();
+        match want {
+            Want::Leader => {
+                if let Some(leader) = shard.leader.filter(|l| nodes.contains(l)) {
+                    nodes.retain(|n| *n != leader);
+                    nodes.insert(0, leader);
+                }
+            }
+            Want::Any => {
+                let inflight = self.inflight.lock();
+                nodes.sort_by_key(|n| {
+                    (
+                        Some(*n) != self.local,
+                        inflight.get(n).copied().unwrap_or(0),
+                    )
+                });
+            }
+        }
+        nodes
+    }
+
+    fn track(&self, node: NodeId) -> InFlight<'_> {
+        *self.inflight.lock().entry(node).or_default() += 1;
+        InFlight { router: self, node }
+    }
+
+    /// Runs `call` on one replica of shard `shard`, trying the next replica while they
+    /// cannot answer, until `deadline`.
+    async fn on_shard(
+        &self,
+        route: &CollectionRoute,
+        shard: u32,
+        call: ShardCall,
+        want: Want,
+        deadline: Instant,
+    ) -> Result<ShardReply, Status> {
+        let map = self.map();
+        let mut last = Status::unavailable(format!(
+            "shard {shard} of collection {:?} has no replica",
+            route.name
+        ));
+        for node in self.candidates(&route.shards[shard as usize], want) {
+            let Some(address) = map.nodes.get(&node) else {
+                continue;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Status::deadline_exceeded(format!(
+                    "shard {shard} of collection {:?} did not answer in time",
+                    route.name
+                )));
+            }
+            let _counted = self.track(node);
+            match self
+                .transport
+                .call(node, address, shard, call.clone(), left)
+                .await
+            {
+                Ok(reply) => return Ok(reply),
+                Err(status) if retryable(&status) => {
+                    tracing::debug!(node, shard, collection = %route.name, error = %status.message(), "trying another replica");
+                    last = match status.code() {
+                        // A broken connection (tonic reports UNKNOWN or CANCELLED; no node
+                        // answers with those): the outcome is unknown, as for UNAVAILABLE.
+                        Code::Unknown | Code::Cancelled => Status::unavailable(format!(
+                            "the connection to node {node} broke during the request, which may \
+                             or may not have taken effect; retry: {}",
+                            status.message()
+                        )),
+                        _ => status,
+                    };
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        Err(last)
+    }
+
+    /// Runs one call per `(shard, call)` concurrently.
+    async fn fan_out(
+        &self,
+        route: &CollectionRoute,
+        calls: Vec<(u32, ShardCall)>,
+        want: Want,
+    ) -> Vec<(u32, Result<ShardReply, Status>)> {
+        let deadline = Instant::now() + self.timeout;
+        let runs = calls.into_iter().map(|(shard, call)| async move {
+            (
+                shard,
+                self.on_shard(route, shard, call, want, deadline).await,
+            )
+        });
+        join_all(runs).await
+    }
+
+    fn shards(route: &CollectionRoute) -> u32 {
+        route.shards.len() as u32
+    }
+
+    /// k-nearest-neighbour search over every shard; hits merged best first.
+    pub async fn search(&self, req: v1::SearchRequest) -> Result<v1::SearchResponse, Status> {
+        let route = self.collection(&req.collection).await?;
+        let want = Want::of(req.consistency)?;
+        let (k, offset) = (req.k as usize, req.offset as usize);
+        let window = req.k.checked_add(req.offset).ok_or_else(|| {
+            Status::invalid_argument("k + offset must be at most the node's limits.max_k")
+        })?;
+        let part = v1::SearchRequest {
+            k: window,
+            offset: 0,
+            require_all_shards: false,
+            ..req.clone()
+        };
+        let calls = (0..Self::shards(&route))
+            .map(|s| (s, ShardCall::Search(part.clone())))
+            .collect();
+        let mut lists: Vec<Vec<v1::QueryResult>> = Vec::new();
+        let mut missing_shards = Vec::new();
+        for (shard, reply) in self.fan_out(&route, calls, want).await {
+            match reply {
+                Ok(ShardReply::Search(response)) => lists.push(response.results),
+                Ok(_) => return Err(unexpected(shard)),
+                Err(status) if missing(&status) => missing_shards.push(failure(shard, &status)),
+                Err(status) => return Err(status),
+            }
+        }
+        if lists.is_empty() || (req.require_all_shards && !missing_shards.is_empty()) {
+            return Err(Status::unavailable(format!(
+                "collection {:?}: {} of {} shards could not answer ({})",
+                route.name,
+                missing_shards.len(),
+                route.shards.len(),
+                describe_failures(&missing_shards)
+            )));
+        }
+        let queries = req.queries.len();
+        let results = (0..queries)
+            .map(|q| {
+                let per_shard: Vec<Vec<v1::ScoredPoint>> = lists
+                    .iter_mut()
+                    .map(|results| {
+                        results
+                            .get_mut(q)
+                            .map(|r| std::mem::take(&mut r.hits))
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                v1::QueryResult {
+                    hits: merge(route.metric, per_shard, k, offset),
+                }
+            })
+            .collect();
+        Ok(v1::SearchResponse {
+            results,
+            missing_shards,
+        })
+    }
+
+    /// Checks what can be checked before a write is split, so that a bad point fails the
+    /// whole request instead of only its shard's part.
+    fn check_points(route: &CollectionRoute, points: &[v1::Point]) -> Result<Vec<PointId>, Status> {
+        let ids = points
+            .iter()
+            .map(|p| {
+                p.id.clone()
+                    .ok_or_else(|| Error::invalid("point without an id"))
+                    .and_then(PointId::try_from)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        validate_ids(&ids).map_err(bad)?;
+        for (id, point) in ids.iter().zip(points) {
+            if point.vector.len() != route.dimension as usize {
+                return Err(bad(Error::invalid(format!(
+                    "point {id}: vector has dimension {}, collection {:?} has {}",
+                    point.vector.len(),
+                    route.name,
+                    route.dimension
+                ))));
+            }
+            if point.vector.iter().any(|v| !v.is_finite()) {
+                return Err(bad(Error::invalid(format!(
+                    "point {id}: vector has a NaN or infinite value"
+                ))));
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Groups items by the shard of their id, keeping their order within a shard.
+    fn split<T>(route: &CollectionRoute, items: Vec<(PointId, T)>) -> BTreeMap<u32, Vec<T>> {
+        let shards = Self::shards(route);
+        let mut parts: BTreeMap<u32, Vec<T>> = BTreeMap::new();
+        for (id, item) in items {
+            parts.entry(shard_of(&id, shards)).or_default().push(item);
+        }
+        parts
+    }
+
+    /// Upserts points, each on its shard's leader; shards are written in parallel.
+    pub async fn upsert(&self, req: v1::UpsertRequest) -> Result<v1::UpsertResponse, Status> {
+        let route = self.collection(&req.collection).await?;
+        let ids = Self::check_points(&route, &req.points)?;
+        let mut parts = Self::split(&route, ids.into_iter().zip(req.points).collect());
+        if parts.is_empty() {
+            // Nothing to split: shard 0 answers (an empty batch is its to refuse).
+            parts.insert(0, Vec::new());
+        }
+        let calls = parts
+            .into_iter()
+            .map(|(shard, points)| {
+                let part = v1::UpsertRequest {
+                    collection: req.collection.clone(),
+                    points,
+                };
+                (shard, ShardCall::Upsert(part))
+            })
+            .collect::<Vec<_>>();
+        let sent: HashMap<u32, Vec<v1::PointId>> = calls
+            .iter()
+            .map(|(shard, call)| match call {
+                ShardCall::Upsert(part) => (
+                    *shard,
+                    part.points.iter().filter_map(|p| p.id.clone()).collect(),
+                ),
+                _ => (*shard, Vec::new()),
+            })
+            .collect();
+        let mut response = v1::UpsertResponse::default();
+        let mut sequences = Vec::new();
+        let mut first_error = None;
+        for (shard, reply) in self.fan_out(&route, calls, Want::Leader).await {
+            match reply {
+                Ok(ShardReply::Upsert(part)) => {
+                    response.upserted += part.upserted;
+                    sequences.push(part.sequence);
+                }
+                Ok(_) => return Err(unexpected(shard)),
+                Err(status) => {
+                    response.failed_shards.push(failure(shard, &status));
+                    response
+                        .unacknowledged
+                        .extend(sent.get(&shard).cloned().unwrap_or_default());
+                    first_error.get_or_insert(status);
+                }
+            }
+        }
+        if sequences.is_empty() {
+            return Err(first_error.unwrap_or_else(|| unexpected(0)));
+        }
+        if let [sequence] = sequences[..] {
+            if response.failed_shards.is_empty() {
+                response.sequence = sequence;
+            }
+        }
+        Ok(response)
+    }
+
+    /// Deletes points by id, each on its shard's leader.
+    pub async fn delete(&self, req: v1::DeleteRequest) -> Result<v1::DeleteResponse, Status> {
+        let route = self.collection(&req.collection).await?;
+        let ids = ids_from_wire(req.ids.clone()).map_err(bad)?;
+        validate_ids(&ids).map_err(bad)?;
+        let mut parts = Self::split(&route, ids.into_iter().zip(req.ids).collect());
+        if parts.is_empty() {
+            parts.insert(0, Vec::new());
+        }
+        let calls = parts
+            .into_iter()
+            .map(|(shard, ids)| {
+                let part = v1::DeleteRequest {
+                    collection: req.collection.clone(),
+                    ids,
+                };
+                (shard, ShardCall::Delete(part))
+            })
+            .collect::<Vec<_>>();
+        let sent: HashMap<u32, Vec<v1::PointId>> = calls
+            .iter()
+            .map(|(shard, call)| match call {
+                ShardCall::Delete(part) => (*shard, part.ids.clone()),
+                _ => (*shard, Vec::new()),
+            })
+            .collect();
+        let mut response = v1::DeleteResponse::default();
+        let mut sequences = Vec::new();
+        let mut first_error = None;
+        for (shard, reply) in self.fan_out(&route, calls, Want::Leader).await {
+            match reply {
+                Ok(ShardReply::Delete(part)) => {
+                    response.deleted += part.deleted;
+                    sequences.push(part.sequence);
+                }
+                Ok(_) => return Err(unexpected(shard)),
+                Err(status) => {
+                    response.failed_shards.push(failure(shard, &status));
+                    response
+                        .unacknowledged
+                        .extend(sent.get(&shard).cloned().unwrap_or_default());
+                    first_error.get_or_insert(status);
+                }
+            }
+        }
+        if sequences.is_empty() {
+            return Err(first_error.unwrap_or_else(|| unexpected(0)));
+        }
+        if let [sequence] = sequences[..] {
+            if response.failed_shards.is_empty() {
+                response.sequence = sequence;
+            }
+        }
+        Ok(response)
+    }
+
+    /// Every reply of a read that needs all its shards, or the first failure.
+    async fn read_all(
+        &self,
+        route: &CollectionRoute,
+        calls: Vec<(u32, ShardCall)>,
+        want: Want,
+    ) -> Result<Vec<(u32, ShardReply)>, Status> {
+        let mut replies = Vec::with_capacity(calls.len());
+        for (shard, reply) in self.fan_out(route, calls, want).await {
+            match reply {
+                Ok(reply) => replies.push((shard, reply)),
+                Err(status) if missing(&status) => {
+                    return Err(Status::new(
+                        status.code(),
+                        format!(
+                            "shard {shard} of collection {:?} could not answer: {}",
+                            route.name,
+                            status.message()
+                        ),
+                    ))
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Points by id, in request order; ids not found are listed as missing.
+    pub async fn get(&self, req: v1::GetRequest) -> Result<v1::GetResponse, Status> {
+        let route = self.collection(&req.collection).await?;
+        let want = Want::of(req.consistency)?;
+        let ids = ids_from_wire(req.ids.clone()).map_err(bad)?;
+        let parts = Self::split(&route, ids.iter().cloned().zip(req.ids.clone()).collect());
+        let calls = parts
+            .into_iter()
+            .map(|(shard, ids)| {
+                let part = v1::GetRequest { ids, ..req.clone() };
+                (shard, ShardCall::Get(part))
+            })
+            .collect();
+        let mut found: HashMap<PointId, v1::Point> = HashMap::new();
+        for (shard, reply) in self.read_all(&route, calls, want).await? {
+            let ShardReply::Get(part) = reply else {
+                return Err(unexpected(shard));
+            };
+            for point in part.points {
+                if let Some(id) = point.id.clone().and_then(|id| PointId::try_from(id).ok()) {
+                    found.insert(id, point);
+                }
+            }
+        }
+        let mut response = v1::GetResponse::default();
+        for (id, wire) in ids.into_iter().zip(req.ids) {
+            match found.get(&id) {
+                Some(point) => response.points.push(point.clone()),
+                None => response.missing.push(wire),
+            }
+        }
+        Ok(response)
+    }
+
+    /// Live points over every shard.
+    pub async fn count(&self, req: v1::CountRequest) -> Result<v1::CountResponse, Status> {
+        let route = self.collection(&req.collection).await?;
+        let want = Want::of(req.consistency)?;
+        let calls = (0..Self::shards(&route))
+            .map(|s| (s, ShardCall::Count(req.clone())))
+            .collect();
+        let mut count = 0;
+        for (shard, reply) in self.read_all(&route, calls, want).await? {
+            let ShardReply::Count(part) = reply else {
+                return Err(unexpected(shard));
+            };
+            count += part.count;
+        }
+        Ok(v1::CountResponse { count })
+    }
+
+    /// The collection as a whole (points, segments and sizes summed over its shards) and
+    /// each shard.
+    pub async fn describe(
+        &self,
+        req: v1::DescribeCollectionRequest,
+    ) -> Result<v1::CollectionInfo, Status> {
+        let route = self.collection(&req.name).await?;
+        let want = Want::of(req.consistency)?;
+        let calls = (0..Self::shards(&route))
+            .map(|s| (s, ShardCall::Describe(req.clone())))
+            .collect();
+        let mut info: Option<v1::CollectionInfo> = None;
+        let mut shards = Vec::with_capacity(route.shards.len());
+        let mut indexing = false;
+        for (shard, reply) in self.read_all(&route, calls, want).await? {
+            let ShardReply::Describe(part) = reply else {
+                return Err(unexpected(shard));
+            };
+            let placement = &route.shards[shard as usize];
+            shards.push(v1::ShardInfo {
+                shard,
+                group: placement.group,
+                replicas: placement.replicas.clone(),
+                leaving: placement.leaving.clone(),
+                points: part.points,
+                index_state: part.index_state.clone(),
+            });
+            indexing |= part.index_state != "ready";
+            let segments = part
+                .segments
+                .into_iter()
+                .map(|s| v1::SegmentInfo { shard, ..s });
+            match &mut info {
+                None => {
+                    info = Some(v1::CollectionInfo {
+                        segments: segments.collect(),
+                        ..part
+                    })
+                }
+                Some(info) => {
+                    info.points += part.points;
+                    info.segments.extend(segments);
+                    info.disk_bytes += part.disk_bytes;
+                    info.memory_bytes += part.memory_bytes;
+                }
+            }
+        }
+        let mut info = info.ok_or_else(|| unexpected(0))?;
+        info.index_state = if indexing { "indexing" } else { "ready" }.to_owned();
+        info.replication_factor = route.replication_factor;
+        let mut replicas: Vec<NodeId> = route
+            .shards
+            .iter()
+            .flat_map(|s| s.replicas.iter().copied())
+            .collect();
+        replicas.sort_unstable();
+        replicas.dedup();
+        info.replicas = replicas;
+        info.group = route.shards[0].group;
+        info.shards = shards;
+        Ok(info)
+    }
+}

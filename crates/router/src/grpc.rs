@@ -140,11 +140,25 @@ impl GrpcTransport {
         }
     }
 
+    /// A channel to the node at `address`.
+    pub fn channel(&self, address: &str) -> Result<Channel, Status> {
+        self.channels.get(address)
+    }
+
+    /// Nodes to talk to: the seeds, then the nodes of the last shard map.
+    pub fn addresses(&self) -> Vec<String> {
+        let mut addresses = self.seeds.clone();
+        for known in self.known.lock().iter() {
+            if !addresses.contains(known) {
+                addresses.push(known.clone());
+            }
+        }
+        addresses
+    }
+
     /// The shard map of the first node that answers: a seed, or a node of the last map.
     pub async fn fetch(&self) -> Result<ShardMap, Status> {
-        let mut addresses = self.seeds.clone();
-        addresses.extend(self.known.lock().iter().cloned());
-        addresses.dedup();
+        let addresses = self.addresses();
         let mut last = Status::unavailable("no node to ask for the shard map");
         for address in addresses {
             match fetch_map(self.channels.get(&address)?, self.timeout).await {

@@ -2,6 +2,8 @@
 //!
 //! `shoal node` starts a node. With no flags it runs on embedded defaults: data in
 //! `./shoal-data`, gRPC on 127.0.0.1:7600, HTTP (metrics, health) on 127.0.0.1:7680.
+//! `shoal router --join HOST:PORT` starts a stateless query router (gRPC on 127.0.0.1:7610,
+//! HTTP on 127.0.0.1:7690 by default).
 
 mod cluster;
 mod cluster_api;
@@ -10,6 +12,7 @@ mod grpc;
 mod http;
 mod node;
 mod raft_metrics;
+mod router;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +36,26 @@ struct Cli {
 enum Commands {
     /// Run a node.
     Node(NodeArgs),
+    /// Run a stateless query router: it fans requests out to the shards of a cluster and
+    /// merges the answers, holding no data itself.
+    Router(RouterArgs),
+}
+
+#[derive(clap::Args)]
+struct RouterArgs {
+    /// TOML configuration file; the router reads [log], [limits], [runtime] and
+    /// cluster.forward_timeout_ms (its per-request deadline).
+    #[arg(long, env = "SHOAL_CONFIG")]
+    config: Option<PathBuf>,
+    /// A node of the cluster, HOST:PORT; repeat it to give several.
+    #[arg(long, value_name = "HOST:PORT", required = true)]
+    join: Vec<String>,
+    /// gRPC listen address.
+    #[arg(long, default_value = "127.0.0.1:7610")]
+    listen: std::net::SocketAddr,
+    /// HTTP address for /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "127.0.0.1:7690")]
+    http: std::net::SocketAddr,
 }
 
 #[derive(clap::Args)]
@@ -57,14 +80,28 @@ struct NodeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Commands::Node(args) = cli.command;
-    let overrides = Overrides {
-        data_dir: args.data_dir,
-        listen: args.listen,
-        http: args.http,
-        join: args.join,
+    let (file, overrides, router_seeds) = match cli.command {
+        Commands::Node(args) => (
+            args.config,
+            Overrides {
+                data_dir: args.data_dir,
+                listen: args.listen,
+                http: args.http,
+                join: args.join,
+            },
+            None,
+        ),
+        Commands::Router(args) => (
+            args.config,
+            Overrides {
+                listen: Some(args.listen),
+                http: Some(args.http),
+                ..Overrides::default()
+            },
+            Some(args.join),
+        ),
     };
-    let config = match Config::load(args.config.as_deref(), &overrides) {
+    let config = match Config::load(file.as_deref(), &overrides) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -94,24 +131,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Raft's elections, heartbeats and replication run on their own runtime, so a busy client
-    // runtime never delays them.
-    let raft_runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.runtime.raft_threads())
-        .thread_name("shoal-raft")
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the raft runtime: {e}");
-            return ExitCode::FAILURE;
+    let result = match router_seeds {
+        Some(seeds) => runtime.block_on(router::run(config, seeds)),
+        None => {
+            // Raft's elections, heartbeats and replication run on their own runtime, so a
+            // busy client runtime never delays them.
+            let raft_runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.runtime.raft_threads())
+                .thread_name("shoal-raft")
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: starting the raft runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(node::run(config, raft_runtime.handle().clone()))
         }
     };
-    match runtime.block_on(node::run(config, raft_runtime.handle().clone())) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "node failed");
+            tracing::error!(error = %format!("{e:#}"), "failed");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

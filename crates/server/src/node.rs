@@ -200,11 +200,11 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for(mut stop: watch::Receiver<bool>) {
+pub async fn wait_for(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

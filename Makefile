@@ -22,7 +22,7 @@ export SHOAL_GLOVE ?= $(CURDIR)/data/glove-50.npy
 
 CARGO ?= cargo
 
-.PHONY: help setup build data lint test demo bench bench-cluster clean-data
+.PHONY: help setup build data lint test demo bench bench-cluster bench-shards clean-data
 
 help:
 	@echo "make setup       install missing apt packages (as root), check CPU and Rust"
@@ -33,6 +33,7 @@ help:
 	@echo "make demo        setup, build, data, then scripts/demo.sh (node + GloVe benchmark)"
 	@echo "make bench       setup, build, data, then scripts/bench.sh"
 	@echo "make bench-cluster  setup, build, data, then scripts/bench-cluster.sh (3 nodes: R=1 vs R=3, failover, catch-up)"
+	@echo "make bench-shards   setup, build, data, then scripts/bench-shards.sh (1/2/4/8 shards on one node, 3 nodes R=1/R=3, FAISS)"
 	@echo "make clean-data  delete the fetched data sets (data/)"
 
 setup:
@@ -64,6 +65,9 @@ bench: setup build data
 
 bench-cluster: setup build data
 	bash scripts/bench-cluster.sh
+
+bench-shards: setup build data
+	bash scripts/bench-shards.sh
 
 clean-data:
 	rm -rf data

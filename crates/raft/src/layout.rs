@@ -53,7 +53,8 @@ pub struct ShardPlacement {
     pub leaving: Vec<NodeId>,
     /// The replicas the group was created with, and their addresses: its first voters. Each
     /// of them that finds the group new may initialize it with exactly this membership, which
-    /// openraft allows.
+    /// openraft allows. Cleared by the first move: a replica that comes back to a node after
+    /// a move must join the running group, not start one.
     pub founders: BTreeMap<NodeId, String>,
 }
 
@@ -254,6 +255,7 @@ impl ClusterState {
                 }
                 placement.replicas[position] = to;
                 placement.leaving.push(from);
+                placement.founders.clear();
             }
             MetaCommand::ReplicaLeft {
                 collection,
@@ -438,10 +440,10 @@ impl ClusterState {
     }
 
     /// The next replica to move, one at a time: none while a move is under way. Replicas
-    /// leave draining nodes first; then, while the most loaded eligible node holds two
-    /// replicas more than the least loaded one, one moves from the first to the second.
-    /// Nodes in `down` neither give nor receive.
-    pub fn next_move(&self, down: &[NodeId]) -> Option<Move> {
+    /// leave draining nodes first; then, with `balance`, while the most loaded eligible node
+    /// holds two replicas more than the least loaded one, one moves from the first to the
+    /// second. Nodes in `down` neither give nor receive.
+    pub fn next_move(&self, down: &[NodeId], balance: bool) -> Option<Move> {
         if self.groups().any(|g| !g.placement.leaving.is_empty()) {
             return None;
         }
@@ -462,6 +464,9 @@ impl ClusterState {
                     });
                 }
             }
+        }
+        if !balance {
+            return None;
         }
         let ranked = self.ranked(&load, down);
         let (least, most) = (*ranked.first()?, *ranked.last()?);
@@ -633,7 +638,11 @@ mod tests {
             (vec![3, 2], vec![1])
         );
         assert!(shard.hosts(1) && shard.hosts(3));
-        assert_eq!(state.next_move(&[]), None, "one move at a time");
+        assert!(
+            shard.founders.is_empty(),
+            "a node that comes back after a move joins the running group"
+        );
+        assert_eq!(state.next_move(&[], true), None, "one move at a time");
         state
             .apply(MetaCommand::ReplicaLeft {
                 collection: "a".into(),
@@ -664,7 +673,7 @@ mod tests {
             })
             .unwrap();
         let mut moves = 0;
-        while let Some(m) = state.next_move(&[4]) {
+        while let Some(m) = state.next_move(&[4], true) {
             assert_ne!(m.to, 4, "a down node receives nothing");
             assert_ne!(m.to, 1, "a draining node receives nothing");
             state

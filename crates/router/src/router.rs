@@ -318,6 +318,9 @@ impl Router {
     pub async fn search(&self, req: v1::SearchRequest) -> Result<v1::SearchResponse, Status> {
         let route = self.collection(&req.collection).await?;
         let want = Want::of(req.consistency)?;
+        if req.k == 0 {
+            return Err(bad(Error::invalid("k must be at least 1")));
+        }
         let (k, offset) = (req.k as usize, req.offset as usize);
         let window = req.k.checked_add(req.offset).ok_or_else(|| {
             Status::invalid_argument("k + offset must be at most the node's limits.max_k")

@@ -643,12 +643,13 @@ impl Cluster {
         }
         // Moves (drains, then rebalancing), one at a time; the membership repair above
         // carries each out.
-        if layout.next_move(&[]).is_some() {
+        let balance = self.inner.settings.rebalance;
+        if layout.next_move(&[], balance).is_some() {
             let down = match down {
                 Some(down) => down,
                 None => self.unreachable(layout).await,
             };
-            if let Some(m) = layout.next_move(&down) {
+            if let Some(m) = layout.next_move(&down, balance) {
                 let command = MetaCommand::MoveReplica {
                     collection: m.collection.clone(),
                     shard: m.shard,

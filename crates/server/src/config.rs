@@ -67,8 +67,13 @@ pub struct ClusterConfig {
     pub meta_voters: usize,
     /// How long start-up waits for the cluster (a meta leader, the join), in seconds.
     pub leader_wait_secs: u64,
-    /// Deadline of a request this node forwards to another, in milliseconds.
+    /// Deadline of a request this node forwards to another, in milliseconds; also the
+    /// deadline of a whole request the node's router fans out over shards.
     pub forward_timeout_ms: u64,
+    /// Whether the meta leader moves replicas between nodes to even out their counts (after a
+    /// join, say). Drains move replicas either way. Off: replicas stay where they are
+    /// placed or moved by hand (`shoalctl shard move`).
+    pub rebalance: bool,
 }
 
 impl Default for ClusterConfig {
@@ -81,6 +86,7 @@ impl Default for ClusterConfig {
             meta_voters: 3,
             leader_wait_secs: 30,
             forward_timeout_ms: 30_000,
+            rebalance: true,
         }
     }
 }

@@ -473,6 +473,9 @@ impl ShardExec {
                 let shard = local.shard();
                 let params = search_params_from_wire(req.params);
                 let queries: Vec<Vec<f32>> = req.queries.into_iter().map(|q| q.values).collect();
+                if req.k == 0 {
+                    return Err(bad(Error::invalid("k must be at least 1")));
+                }
                 let k = req.k.checked_add(req.offset).ok_or_else(|| {
                     Status::invalid_argument("k + offset must be at most the node's limits.max_k")
                 })?;

@@ -5,7 +5,9 @@
 #      recall@10, QPS and latency at concurrency 1 and 4, one query per request through the
 #      node's router. Each collection is dropped before the next.
 #   2. FAISS in-process: the same index, parameters and queries, unsharded.
-#   3. Three nodes: a collection of 3 shards with R = 1, then with R = 3, searched through node 1.
+#   3. Three nodes: a collection of 3 shards with R = 1, then with R = 3, searched through node 1
+#      (strong reads; for R = 3 also eventual reads, which any replica answers without a
+#      read-index round trip).
 # Results go to $OUT (default bench-results/shards-<UTC time>/) as JSON, plus summary.md.
 #
 # Environment: SHOAL_BIN_DIR, SHOAL_GLOVE, LIMIT (rows, 400000), SHARDS ("1 2 4 8"),
@@ -67,13 +69,19 @@ stop_nodes() {
   rm -rf "$work"/n*
 }
 
-# bench_collection ADDR NAME SHARDS REPLICAS OUTFILE
+# bench_collection ADDR NAME SHARDS REPLICAS OUTFILE [EVENTUAL_OUTFILE]: loads, searches with
+# strong reads (and, given EVENTUAL_OUTFILE, again with eventual reads), then drops.
 bench_collection() {
-  local addr=$1 name=$2 shards=$3 replicas=$4 out=$5
+  local addr=$1 name=$2 shards=$3 replicas=$4 out=$5 eventual=${6:-}
   "$BIN_DIR/shoalctl" --addr "$addr" --output json bench --collection "$name" --data "$GLOVE" \
     --limit "$LIMIT" --queries "$OUT/queries.npy" --k 10 --ef "$EF" --concurrency "$CONCURRENCY" \
     --create --metric cosine --index HNSW32,Flat --param "efConstruction=$EF_CONSTRUCTION" \
     --shards "$shards" --replicas "$replicas" >"$out"
+  if [[ -n "$eventual" ]]; then
+    "$BIN_DIR/shoalctl" --addr "$addr" --output json bench --collection "$name" --data "$GLOVE" \
+      --limit "$LIMIT" --queries "$OUT/queries.npy" --k 10 --ef "$EF" \
+      --concurrency "$CONCURRENCY" --skip-load --consistency eventual >"$eventual"
+  fi
   "$BIN_DIR/shoalctl" --addr "$addr" collection drop "$name" >/dev/null
 }
 
@@ -99,7 +107,7 @@ if [[ "${SKIP_CLUSTER:-0}" != 1 ]]; then
   start_node 2 "${grpc[1]}"
   start_node 3 "${grpc[1]}"
   bench_collection "${grpc[1]}" glove_r1 3 1 "$OUT/cluster-r1.json"
-  bench_collection "${grpc[1]}" glove_r3 3 3 "$OUT/cluster-r3.json"
+  bench_collection "${grpc[1]}" glove_r3 3 3 "$OUT/cluster-r3.json" "$OUT/cluster-r3-eventual.json"
   stop_nodes
 fi
 

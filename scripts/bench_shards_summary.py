@@ -22,7 +22,8 @@ for path in sorted(glob.glob(os.path.join(out, "node-shards-*.json")),
     shards = int(re.findall(r"(\d+)\.json$", path)[0])
     rows.append((f"1 node, {shards} shard(s)", load(path)))
 for name, label in [("cluster-r1.json", "3 nodes, 3 shards, R = 1"),
-                    ("cluster-r3.json", "3 nodes, 3 shards, R = 3")]:
+                    ("cluster-r3.json", "3 nodes, 3 shards, R = 3"),
+                    ("cluster-r3-eventual.json", "3 nodes, 3 shards, R = 3, eventual reads")]:
     result = load(os.path.join(out, name))
     if result:
         rows.append((label, result))

@@ -262,3 +262,113 @@ async fn a_router_alone_serves_a_sharded_collection_and_survives_its_seed_node()
     assert_eq!(count, POINTS);
     assert!(matches!(http_get(router.http, "/readyz"), Some((200, _))));
 }
+
+/// A collection dropped and created again with another shard count gets new groups: a router
+/// whose map still has the old ones is told its map is stale (ABORTED) by the nodes, and
+/// fetches a new one instead of reading the wrong shards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_router_with_a_stale_shard_map_refreshes_it_instead_of_reading_wrong_shards() {
+    let cluster = Cluster::start(1);
+    let node = cluster.node(1);
+    let router = RouterProcess::start(&[node.grpc.to_string()]);
+    let dim = DIM.to_string();
+    let create = |shards: &str| {
+        let out = router.shoalctl(&[
+            "collection",
+            "create",
+            "routed",
+            "--dim",
+            &dim,
+            "--metric",
+            "l2",
+            "--shards",
+            shards,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let write = |client: &mut PointServiceClient<Channel>, ids: std::ops::Range<u64>| {
+        let request = v1::UpsertRequest {
+            collection: "routed".into(),
+            points: ids
+                .map(|id| v1::Point {
+                    id: Some(id.into()),
+                    vector: vector_for(id),
+                })
+                .collect(),
+        };
+        let mut client = client.clone();
+        async move { client.upsert(request).await.unwrap().into_inner() }
+    };
+    let count = |client: &PointServiceClient<Channel>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .count(v1::CountRequest {
+                    collection: "routed".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .count
+        }
+    };
+
+    create("2");
+    let mut via_router = router.points().await;
+    write(&mut via_router, 0..100).await;
+    assert_eq!(count(&via_router).await, 100);
+
+    // A shard call with the wrong group is refused as stale, not answered.
+    let mut direct = node.points().await;
+    let mut stale = tonic::Request::new(v1::CountRequest {
+        collection: "routed".into(),
+        ..Default::default()
+    });
+    stale
+        .metadata_mut()
+        .insert("x-shoal-shard", "0".parse().unwrap());
+    stale
+        .metadata_mut()
+        .insert("x-shoal-group", "999".parse().unwrap());
+    let refused = direct.count(stale).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Aborted, "{refused}");
+
+    // Dropped and created again through the node, with four shards: the router's map is
+    // stale until its next refresh, and its answers must be complete either way.
+    let dropped = node.shoalctl(&["collection", "drop", "routed"]);
+    assert!(dropped.status.success());
+    let out = node.shoalctl(&[
+        "collection",
+        "create",
+        "routed",
+        "--dim",
+        &dim,
+        "--metric",
+        "l2",
+        "--shards",
+        "4",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = write(&mut direct, 1000..1200).await;
+    assert!(written.failed_shards.is_empty(), "{written:?}");
+    assert_eq!(count(&via_router).await, 200);
+    let response = via_router
+        .search(search_request(0..3, 200))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(response.missing_shards.is_empty(), "{response:?}");
+    for result in &response.results {
+        assert_eq!(result.hits.len(), 200);
+        assert!(ids(result).iter().all(|id| (1000..1200).contains(id)));
+    }
+}

@@ -94,6 +94,9 @@ pub struct ClusterState {
     pub next_group: GroupId,
     /// Counts the commands applied: a version of the layout that routers compare.
     pub version: u64,
+    /// Ids of removed nodes, which never come back: a node that held replicas (or founded a
+    /// group) under an id must not rejoin under it with empty data.
+    pub retired: std::collections::BTreeSet<NodeId>,
 }
 
 impl Default for ClusterState {
@@ -103,6 +106,7 @@ impl Default for ClusterState {
             collections: BTreeMap::new(),
             next_group: META_GROUP + 1,
             version: 0,
+            retired: Default::default(),
         }
     }
 }
@@ -181,6 +185,15 @@ impl ClusterState {
     fn apply_inner(&mut self, command: MetaCommand) -> Result<MetaOutcome> {
         match command {
             MetaCommand::AddNode { id, address } => {
+                if self.retired.contains(&id) {
+                    return Err(Error::new(
+                        ErrorCode::FailedPrecondition,
+                        format!(
+                            "node id {id} was removed from the cluster and is never used again; \
+                             give this node another cluster.node_id"
+                        ),
+                    ));
+                }
                 let draining = self.nodes.get(&id).is_some_and(|n| n.draining);
                 self.nodes.insert(id, NodeRecord { address, draining });
             }
@@ -188,6 +201,7 @@ impl ClusterState {
                 if self.nodes.remove(&id).is_none() {
                     return Err(unknown_node(id));
                 }
+                self.retired.insert(id);
                 for shard in self.collections.values_mut().flat_map(|c| &mut c.shards) {
                     shard.replicas.retain(|n| *n != id);
                     shard.leaving.retain(|n| *n != id);
@@ -598,6 +612,15 @@ mod tests {
         }
         assert_eq!(state.version, version, "rejected commands change nothing");
         state.apply(MetaCommand::RemoveNode { id: 2 }).unwrap();
+        let rejoin = state.apply(MetaCommand::AddNode {
+            id: 2,
+            address: "127.0.0.1:7602".into(),
+        });
+        assert_eq!(
+            rejoin.unwrap_err().code,
+            ErrorCode::FailedPrecondition,
+            "a removed id never comes back"
+        );
         let shard = &state.collections["a"].shards[0];
         assert!(shard.replicas.is_empty() && shard.under_replicated(1));
         state

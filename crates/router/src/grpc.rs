@@ -18,10 +18,21 @@ use crate::router::{ShardCall, ShardReply, Transport};
 
 /// The metadata key that restricts a request to one shard.
 pub const SHARD_HEADER: &str = "x-shoal-shard";
+/// The metadata key with the Raft group the sender's map gives that shard: a node whose
+/// layout disagrees answers ABORTED, so a router with a stale map (a collection dropped and
+/// created again) refreshes it instead of reading the wrong shards.
+pub const GROUP_HEADER: &str = "x-shoal-group";
 
-/// The shard a request is restricted to, if any.
-pub fn requested_shard<T>(request: &Request<T>) -> Result<Option<u32>, Status> {
-    let Some(value) = request.metadata().get(SHARD_HEADER) else {
+/// One shard of a collection, as a request names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardRef {
+    pub shard: u32,
+    /// The shard's group in the sender's map, when it sent one.
+    pub group: Option<u64>,
+}
+
+fn number<T: std::str::FromStr, R>(request: &Request<R>, key: &str) -> Result<Option<T>, Status> {
+    let Some(value) = request.metadata().get(key) else {
         return Ok(None);
     };
     value
@@ -29,26 +40,39 @@ pub fn requested_shard<T>(request: &Request<T>) -> Result<Option<u32>, Status> {
         .ok()
         .and_then(|v| v.parse().ok())
         .map(Some)
-        .ok_or_else(|| Status::invalid_argument(format!("{SHARD_HEADER} must be a shard number")))
+        .ok_or_else(|| Status::invalid_argument(format!("{key} must be a number")))
 }
 
-/// `request` restricted to shard `shard`.
-pub fn for_shard<T>(mut request: Request<T>, shard: u32) -> Request<T> {
-    request
-        .metadata_mut()
-        .insert(SHARD_HEADER, MetadataValue::from(shard));
+/// The shard a request is restricted to, if any.
+pub fn requested_shard<T>(request: &Request<T>) -> Result<Option<ShardRef>, Status> {
+    let Some(shard) = number(request, SHARD_HEADER)? else {
+        return Ok(None);
+    };
+    Ok(Some(ShardRef {
+        shard,
+        group: number(request, GROUP_HEADER)?,
+    }))
+}
+
+/// `request` restricted to shard `target`.
+pub fn for_shard<T>(mut request: Request<T>, target: ShardRef) -> Request<T> {
+    let metadata = request.metadata_mut();
+    metadata.insert(SHARD_HEADER, MetadataValue::from(target.shard));
+    if let Some(group) = target.group {
+        metadata.insert(GROUP_HEADER, MetadataValue::from(group));
+    }
     request
 }
 
 /// Runs `call` on shard `shard` of the node behind `channel`.
 pub async fn call(
     channel: Channel,
-    shard: u32,
+    shard: ShardRef,
     call: ShardCall,
     timeout: Duration,
     max_message: usize,
 ) -> Result<ShardReply, Status> {
-    fn wire<T>(message: T, shard: u32, timeout: Duration) -> Request<T> {
+    fn wire<T>(message: T, shard: ShardRef, timeout: Duration) -> Request<T> {
         let mut request = for_shard(Request::new(message), shard);
         request.set_timeout(timeout);
         request
@@ -182,7 +206,7 @@ impl Transport for GrpcTransport {
         &self,
         _node: NodeId,
         address: &str,
-        shard: u32,
+        shard: ShardRef,
         shard_call: ShardCall,
         timeout: Duration,
     ) -> Result<ShardReply, Status> {

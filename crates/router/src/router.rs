@@ -16,9 +16,10 @@ use futures::future::join_all;
 use parking_lot::{Mutex, RwLock};
 use shoal_proto::v1;
 use shoal_proto::{ids_from_wire, status_from_error};
-use shoal_types::{validate_ids, Error, PointId};
+use shoal_types::{validate_ids, CollectionSpec, Error, IndexParams, Limits, PointId};
 use tonic::{Code, Status};
 
+use crate::grpc::ShardRef;
 use crate::hash::shard_of;
 use crate::map::{CollectionRoute, NodeId, ShardMap, ShardRoute};
 use crate::merge::{merge, Hit};
@@ -71,12 +72,12 @@ pub enum ShardReply {
 pub trait Transport: Send + Sync + 'static {
     /// Runs `call` on shard `shard` at node `node` (reached at `address`), within `timeout`.
     /// The node runs it on its replica, or forwards it to the shard's leader when the call
-    /// needs the leader.
+    /// needs the leader; it answers ABORTED if its layout gives the shard another group.
     async fn call(
         &self,
         node: NodeId,
         address: &str,
-        shard: u32,
+        shard: ShardRef,
         call: ShardCall,
         timeout: Duration,
     ) -> Result<ShardReply, Status>;
@@ -95,6 +96,28 @@ pub struct Router {
     /// Calls in flight from this router, per node.
     inflight: Mutex<HashMap<NodeId, usize>>,
     timeout: Duration,
+    limits: Limits,
+}
+
+/// What the parts of a write split over shards did.
+#[derive(Debug, Default)]
+struct WriteOutcome {
+    /// Points written or deleted.
+    count: u64,
+    /// The shard sequence number of each part that succeeded.
+    sequences: Vec<u64>,
+    failed_shards: Vec<v1::ShardFailure>,
+    unacknowledged: Vec<v1::PointId>,
+}
+
+impl WriteOutcome {
+    /// The sequence number when the write was one shard's, whole.
+    fn sequence(&self) -> u64 {
+        match self.sequences[..] {
+            [sequence] if self.failed_shards.is_empty() => sequence,
+            _ => 0,
+        }
+    }
 }
 
 /// Counts a call in flight to a node until dropped.
@@ -115,18 +138,20 @@ impl Drop for InFlight<'_> {
 fn retryable(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted
+        Code::Unavailable | Code::Unknown | Code::Cancelled
     )
 }
 
 /// Whether a shard that failed so is missing from a search (rather than the search being
 /// wrong, which fails it whole).
 fn missing(status: &Status) -> bool {
-    retryable(status)
-        || matches!(
-            status.code(),
-            Code::DeadlineExceeded | Code::ResourceExhausted
-        )
+    retryable(status) || status.code() == Code::DeadlineExceeded
+}
+
+/// A node's answer to a shard call from a stale map (ABORTED): the whole request is run again
+/// on a fresh map.
+fn stale(status: &Status) -> bool {
+    status.code() == Code::Aborted
 }
 
 fn failure(shard: u32, status: &Status) -> v1::ShardFailure {
@@ -169,14 +194,41 @@ impl Hit for v1::ScoredPoint {
 }
 
 impl Router {
-    /// A router over `transport`; requests time out after `timeout` in all.
-    pub fn new(transport: Arc<dyn Transport>, local: Option<NodeId>, timeout: Duration) -> Self {
+    /// A router over `transport`; requests time out after `timeout` in all and are checked
+    /// against `limits` before they are split.
+    pub fn new(
+        transport: Arc<dyn Transport>,
+        local: Option<NodeId>,
+        timeout: Duration,
+        limits: Limits,
+    ) -> Self {
         Self {
             map: RwLock::new(Arc::new(ShardMap::default())),
             transport,
             local,
             inflight: Mutex::new(HashMap::new()),
             timeout,
+            limits,
+        }
+    }
+
+    /// Runs `run` on the collection's route; if a shard said the route is stale (the
+    /// collection was dropped and created again), once more on a fresh map.
+    async fn routed<T, F, Fut>(&self, name: &str, run: F) -> Result<T, Status>
+    where
+        F: Fn(CollectionRoute) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let route = self.collection(name).await?;
+        match run(route).await {
+            Err(status) if stale(&status) => {
+                tracing::debug!(collection = %name, error = %status.message(), "stale shard map; refreshing");
+                if let Some(map) = self.transport.refresh().await {
+                    self.set_map(map);
+                }
+                run(self.collection(name).await?).await
+            }
+            other => other,
         }
     }
 
@@ -256,6 +308,10 @@ impl Router {
             "shard {shard} of collection {:?} has no replica",
             route.name
         ));
+        let target = ShardRef {
+            shard,
+            group: Some(route.shards[shard as usize].group),
+        };
         for node in self.candidates(&route.shards[shard as usize], want) {
             let Some(address) = map.nodes.get(&node) else {
                 continue;
@@ -270,7 +326,7 @@ impl Router {
             let _counted = self.track(node);
             match self
                 .transport
-                .call(node, address, shard, call.clone(), left)
+                .call(node, address, target, call.clone(), left)
                 .await
             {
                 Ok(reply) => return Ok(reply),
@@ -316,69 +372,85 @@ impl Router {
 
     /// k-nearest-neighbour search over every shard; hits merged best first.
     pub async fn search(&self, req: v1::SearchRequest) -> Result<v1::SearchResponse, Status> {
-        let route = self.collection(&req.collection).await?;
-        let want = Want::of(req.consistency)?;
         if req.k == 0 {
             return Err(bad(Error::invalid("k must be at least 1")));
         }
-        let (k, offset) = (req.k as usize, req.offset as usize);
         let window = req.k.checked_add(req.offset).ok_or_else(|| {
             Status::invalid_argument("k + offset must be at most the node's limits.max_k")
         })?;
+        self.limits.check_k(window).map_err(bad)?;
+        let want = Want::of(req.consistency)?;
         let part = v1::SearchRequest {
             k: window,
             offset: 0,
             require_all_shards: false,
             ..req.clone()
         };
-        let calls = (0..Self::shards(&route))
-            .map(|s| (s, ShardCall::Search(part.clone())))
-            .collect();
-        let mut lists: Vec<Vec<v1::QueryResult>> = Vec::new();
-        let mut missing_shards = Vec::new();
-        for (shard, reply) in self.fan_out(&route, calls, want).await {
-            match reply {
-                Ok(ShardReply::Search(response)) => lists.push(response.results),
-                Ok(_) => return Err(unexpected(shard)),
-                Err(status) if missing(&status) => missing_shards.push(failure(shard, &status)),
-                Err(status) => return Err(status),
-            }
-        }
-        if lists.is_empty() || (req.require_all_shards && !missing_shards.is_empty()) {
-            return Err(Status::unavailable(format!(
-                "collection {:?}: {} of {} shards could not answer ({})",
-                route.name,
-                missing_shards.len(),
-                route.shards.len(),
-                describe_failures(&missing_shards)
-            )));
-        }
-        let queries = req.queries.len();
-        let results = (0..queries)
-            .map(|q| {
-                let per_shard: Vec<Vec<v1::ScoredPoint>> = lists
-                    .iter_mut()
-                    .map(|results| {
-                        results
-                            .get_mut(q)
-                            .map(|r| std::mem::take(&mut r.hits))
-                            .unwrap_or_default()
+        self.routed(&req.collection, |route| {
+            let part = &part;
+            let req = &req;
+            async move {
+                let calls = (0..Self::shards(&route))
+                    .map(|s| (s, ShardCall::Search(part.clone())))
+                    .collect();
+                let mut lists: Vec<Vec<v1::QueryResult>> = Vec::new();
+                let mut missing_shards = Vec::new();
+                for (shard, reply) in self.fan_out(&route, calls, want).await {
+                    match reply {
+                        Ok(ShardReply::Search(response)) => lists.push(response.results),
+                        Ok(_) => return Err(unexpected(shard)),
+                        Err(status) if missing(&status) => {
+                            missing_shards.push(failure(shard, &status))
+                        }
+                        Err(status) => return Err(status),
+                    }
+                }
+                if lists.is_empty() || (req.require_all_shards && !missing_shards.is_empty()) {
+                    return Err(Status::unavailable(format!(
+                        "collection {:?}: {} of {} shards could not answer ({})",
+                        route.name,
+                        missing_shards.len(),
+                        route.shards.len(),
+                        describe_failures(&missing_shards)
+                    )));
+                }
+                let (k, offset) = (req.k as usize, req.offset as usize);
+                let results = (0..req.queries.len())
+                    .map(|q| {
+                        let per_shard: Vec<Vec<v1::ScoredPoint>> = lists
+                            .iter_mut()
+                            .map(|results| {
+                                results
+                                    .get_mut(q)
+                                    .map(|r| std::mem::take(&mut r.hits))
+                                    .unwrap_or_default()
+                            })
+                            .collect();
+                        v1::QueryResult {
+                            hits: merge(route.metric, per_shard, k, offset),
+                        }
                     })
                     .collect();
-                v1::QueryResult {
-                    hits: merge(route.metric, per_shard, k, offset),
-                }
-            })
-            .collect();
-        Ok(v1::SearchResponse {
-            results,
-            missing_shards,
+                Ok(v1::SearchResponse {
+                    results,
+                    missing_shards,
+                })
+            }
         })
+        .await
     }
 
-    /// Checks what can be checked before a write is split, so that a bad point fails the
-    /// whole request instead of only its shard's part.
-    fn check_points(route: &CollectionRoute, points: &[v1::Point]) -> Result<Vec<PointId>, Status> {
+    /// Checks a whole upsert before it is split, exactly as a shard would check its part, so
+    /// that a bad point fails the request rather than only its shard's part.
+    fn check_points(
+        &self,
+        route: &CollectionRoute,
+        points: &[v1::Point],
+    ) -> Result<Vec<PointId>, Status> {
+        let max = self.limits.max_points_per_request;
+        self.limits
+            .check_batch("upsert", points.len(), max)
+            .map_err(bad)?;
         let ids = points
             .iter()
             .map(|p| {
@@ -389,20 +461,17 @@ impl Router {
             .collect::<Result<Vec<_>, _>>()
             .map_err(bad)?;
         validate_ids(&ids).map_err(bad)?;
+        // The checks of `CollectionSpec::check_vector` need only these fields.
+        let spec = CollectionSpec {
+            name: route.name.clone(),
+            dimension: route.dimension,
+            metric: route.metric,
+            index: String::new(),
+            params: IndexParams::default(),
+        };
         for (id, point) in ids.iter().zip(points) {
-            if point.vector.len() != route.dimension as usize {
-                return Err(bad(Error::invalid(format!(
-                    "point {id}: vector has dimension {}, collection {:?} has {}",
-                    point.vector.len(),
-                    route.name,
-                    route.dimension
-                ))));
-            }
-            if point.vector.iter().any(|v| !v.is_finite()) {
-                return Err(bad(Error::invalid(format!(
-                    "point {id}: vector has a NaN or infinite value"
-                ))));
-            }
+            spec.check_vector(&format_args!("point {id}"), &point.vector)
+                .map_err(bad)?;
         }
         Ok(ids)
     }
@@ -417,119 +486,118 @@ impl Router {
         parts
     }
 
-    /// Upserts points, each on its shard's leader; shards are written in parallel.
-    pub async fn upsert(&self, req: v1::UpsertRequest) -> Result<v1::UpsertResponse, Status> {
-        let route = self.collection(&req.collection).await?;
-        let ids = Self::check_points(&route, &req.points)?;
-        let mut parts = Self::split(&route, ids.into_iter().zip(req.points).collect());
-        if parts.is_empty() {
-            // Nothing to split: shard 0 answers (an empty batch is its to refuse).
-            parts.insert(0, Vec::new());
-        }
+    /// Sends each shard's part of a write to its leader, in parallel. Returns the parts'
+    /// `(count, sequence)` and the failed shards with the ids they did not acknowledge; an
+    /// error if every part failed, or if a part said the map is stale.
+    async fn write_parts(
+        &self,
+        route: &CollectionRoute,
+        mut parts: BTreeMap<u32, (Vec<v1::PointId>, ShardCall)>,
+        count: impl Fn(&ShardReply) -> Option<(u64, u64)>,
+    ) -> Result<WriteOutcome, Status> {
+        let ids: HashMap<u32, Vec<v1::PointId>> = parts
+            .iter_mut()
+            .map(|(shard, (ids, _))| (*shard, std::mem::take(ids)))
+            .collect();
         let calls = parts
             .into_iter()
-            .map(|(shard, points)| {
-                let part = v1::UpsertRequest {
-                    collection: req.collection.clone(),
-                    points,
-                };
-                (shard, ShardCall::Upsert(part))
-            })
-            .collect::<Vec<_>>();
-        let sent: HashMap<u32, Vec<v1::PointId>> = calls
-            .iter()
-            .map(|(shard, call)| match call {
-                ShardCall::Upsert(part) => (
-                    *shard,
-                    part.points.iter().filter_map(|p| p.id.clone()).collect(),
-                ),
-                _ => (*shard, Vec::new()),
-            })
+            .map(|(shard, (_, call))| (shard, call))
             .collect();
-        let mut response = v1::UpsertResponse::default();
-        let mut sequences = Vec::new();
+        let mut outcome = WriteOutcome::default();
         let mut first_error = None;
-        for (shard, reply) in self.fan_out(&route, calls, Want::Leader).await {
+        for (shard, reply) in self.fan_out(route, calls, Want::Leader).await {
             match reply {
-                Ok(ShardReply::Upsert(part)) => {
-                    response.upserted += part.upserted;
-                    sequences.push(part.sequence);
+                Ok(reply) => {
+                    let (n, sequence) = count(&reply).ok_or_else(|| unexpected(shard))?;
+                    outcome.count += n;
+                    outcome.sequences.push(sequence);
                 }
-                Ok(_) => return Err(unexpected(shard)),
+                Err(status) if stale(&status) => return Err(status),
                 Err(status) => {
-                    response.failed_shards.push(failure(shard, &status));
-                    response
+                    outcome.failed_shards.push(failure(shard, &status));
+                    outcome
                         .unacknowledged
-                        .extend(sent.get(&shard).cloned().unwrap_or_default());
+                        .extend(ids.get(&shard).cloned().unwrap_or_default());
                     first_error.get_or_insert(status);
                 }
             }
         }
-        if sequences.is_empty() {
-            return Err(first_error.unwrap_or_else(|| unexpected(0)));
+        match first_error {
+            Some(status) if outcome.sequences.is_empty() => Err(status),
+            _ => Ok(outcome),
         }
-        if let [sequence] = sequences[..] {
-            if response.failed_shards.is_empty() {
-                response.sequence = sequence;
+    }
+
+    /// Upserts points, each on its shard's leader; shards are written in parallel.
+    pub async fn upsert(&self, req: v1::UpsertRequest) -> Result<v1::UpsertResponse, Status> {
+        self.routed(&req.collection, |route| {
+            let req = &req;
+            async move {
+                let ids = self.check_points(&route, &req.points)?;
+                let parts = Self::split(&route, ids.into_iter().zip(req.points.clone()).collect())
+                    .into_iter()
+                    .map(|(shard, points)| {
+                        let ids = points.iter().filter_map(|p| p.id.clone()).collect();
+                        let part = v1::UpsertRequest {
+                            collection: req.collection.clone(),
+                            points,
+                        };
+                        (shard, (ids, ShardCall::Upsert(part)))
+                    })
+                    .collect();
+                let outcome = self
+                    .write_parts(&route, parts, |reply| match reply {
+                        ShardReply::Upsert(r) => Some((r.upserted, r.sequence)),
+                        _ => None,
+                    })
+                    .await?;
+                Ok(v1::UpsertResponse {
+                    upserted: outcome.count,
+                    sequence: outcome.sequence(),
+                    failed_shards: outcome.failed_shards,
+                    unacknowledged: outcome.unacknowledged,
+                })
             }
-        }
-        Ok(response)
+        })
+        .await
     }
 
     /// Deletes points by id, each on its shard's leader.
     pub async fn delete(&self, req: v1::DeleteRequest) -> Result<v1::DeleteResponse, Status> {
-        let route = self.collection(&req.collection).await?;
         let ids = ids_from_wire(req.ids.clone()).map_err(bad)?;
+        let max = self.limits.max_points_per_request;
+        self.limits
+            .check_batch("delete", ids.len(), max)
+            .map_err(bad)?;
         validate_ids(&ids).map_err(bad)?;
-        let mut parts = Self::split(&route, ids.into_iter().zip(req.ids).collect());
-        if parts.is_empty() {
-            parts.insert(0, Vec::new());
-        }
-        let calls = parts
-            .into_iter()
-            .map(|(shard, ids)| {
-                let part = v1::DeleteRequest {
-                    collection: req.collection.clone(),
-                    ids,
-                };
-                (shard, ShardCall::Delete(part))
-            })
-            .collect::<Vec<_>>();
-        let sent: HashMap<u32, Vec<v1::PointId>> = calls
-            .iter()
-            .map(|(shard, call)| match call {
-                ShardCall::Delete(part) => (*shard, part.ids.clone()),
-                _ => (*shard, Vec::new()),
-            })
-            .collect();
-        let mut response = v1::DeleteResponse::default();
-        let mut sequences = Vec::new();
-        let mut first_error = None;
-        for (shard, reply) in self.fan_out(&route, calls, Want::Leader).await {
-            match reply {
-                Ok(ShardReply::Delete(part)) => {
-                    response.deleted += part.deleted;
-                    sequences.push(part.sequence);
-                }
-                Ok(_) => return Err(unexpected(shard)),
-                Err(status) => {
-                    response.failed_shards.push(failure(shard, &status));
-                    response
-                        .unacknowledged
-                        .extend(sent.get(&shard).cloned().unwrap_or_default());
-                    first_error.get_or_insert(status);
-                }
+        self.routed(&req.collection, |route| {
+            let (req, ids) = (&req, &ids);
+            async move {
+                let parts = Self::split(&route, ids.iter().cloned().zip(req.ids.clone()).collect())
+                    .into_iter()
+                    .map(|(shard, ids)| {
+                        let part = v1::DeleteRequest {
+                            collection: req.collection.clone(),
+                            ids: ids.clone(),
+                        };
+                        (shard, (ids, ShardCall::Delete(part)))
+                    })
+                    .collect();
+                let outcome = self
+                    .write_parts(&route, parts, |reply| match reply {
+                        ShardReply::Delete(r) => Some((r.deleted, r.sequence)),
+                        _ => None,
+                    })
+                    .await?;
+                Ok(v1::DeleteResponse {
+                    deleted: outcome.count,
+                    sequence: outcome.sequence(),
+                    failed_shards: outcome.failed_shards,
+                    unacknowledged: outcome.unacknowledged,
+                })
             }
-        }
-        if sequences.is_empty() {
-            return Err(first_error.unwrap_or_else(|| unexpected(0)));
-        }
-        if let [sequence] = sequences[..] {
-            if response.failed_shards.is_empty() {
-                response.sequence = sequence;
-            }
-        }
-        Ok(response)
+        })
+        .await
     }
 
     /// Every reply of a read that needs all its shards, or the first failure.
@@ -561,28 +629,42 @@ impl Router {
 
     /// Points by id, in request order; ids not found are listed as missing.
     pub async fn get(&self, req: v1::GetRequest) -> Result<v1::GetResponse, Status> {
-        let route = self.collection(&req.collection).await?;
         let want = Want::of(req.consistency)?;
         let ids = ids_from_wire(req.ids.clone()).map_err(bad)?;
-        let parts = Self::split(&route, ids.iter().cloned().zip(req.ids.clone()).collect());
-        let calls = parts
-            .into_iter()
-            .map(|(shard, ids)| {
-                let part = v1::GetRequest { ids, ..req.clone() };
-                (shard, ShardCall::Get(part))
-            })
-            .collect();
-        let mut found: HashMap<PointId, v1::Point> = HashMap::new();
-        for (shard, reply) in self.read_all(&route, calls, want).await? {
-            let ShardReply::Get(part) = reply else {
-                return Err(unexpected(shard));
-            };
-            for point in part.points {
-                if let Some(id) = point.id.clone().and_then(|id| PointId::try_from(id).ok()) {
-                    found.insert(id, point);
+        let max = self.limits.max_points_per_request;
+        self.limits
+            .check_batch("get", ids.len(), max)
+            .map_err(bad)?;
+        let found = self
+            .routed(&req.collection, |route| {
+                let (req, ids) = (&req, &ids);
+                async move {
+                    let parts =
+                        Self::split(&route, ids.iter().cloned().zip(req.ids.clone()).collect());
+                    let calls = parts
+                        .into_iter()
+                        .map(|(shard, ids)| {
+                            let part = v1::GetRequest { ids, ..req.clone() };
+                            (shard, ShardCall::Get(part))
+                        })
+                        .collect();
+                    let mut found: HashMap<PointId, v1::Point> = HashMap::new();
+                    for (shard, reply) in self.read_all(&route, calls, want).await? {
+                        let ShardReply::Get(part) = reply else {
+                            return Err(unexpected(shard));
+                        };
+                        for point in part.points {
+                            if let Some(id) =
+                                point.id.clone().and_then(|id| PointId::try_from(id).ok())
+                            {
+                                found.insert(id, point);
+                            }
+                        }
+                    }
+                    Ok(found)
                 }
-            }
-        }
+            })
+            .await?;
         let mut response = v1::GetResponse::default();
         for (id, wire) in ids.into_iter().zip(req.ids) {
             match found.get(&id) {
@@ -595,19 +677,24 @@ impl Router {
 
     /// Live points over every shard.
     pub async fn count(&self, req: v1::CountRequest) -> Result<v1::CountResponse, Status> {
-        let route = self.collection(&req.collection).await?;
         let want = Want::of(req.consistency)?;
-        let calls = (0..Self::shards(&route))
-            .map(|s| (s, ShardCall::Count(req.clone())))
-            .collect();
-        let mut count = 0;
-        for (shard, reply) in self.read_all(&route, calls, want).await? {
-            let ShardReply::Count(part) = reply else {
-                return Err(unexpected(shard));
-            };
-            count += part.count;
-        }
-        Ok(v1::CountResponse { count })
+        self.routed(&req.collection, |route| {
+            let req = &req;
+            async move {
+                let calls = (0..Self::shards(&route))
+                    .map(|s| (s, ShardCall::Count(req.clone())))
+                    .collect();
+                let mut count = 0;
+                for (shard, reply) in self.read_all(&route, calls, want).await? {
+                    let ShardReply::Count(part) = reply else {
+                        return Err(unexpected(shard));
+                    };
+                    count += part.count;
+                }
+                Ok(v1::CountResponse { count })
+            }
+        })
+        .await
     }
 
     /// The collection as a whole (points, segments and sizes summed over its shards) and
@@ -616,15 +703,27 @@ impl Router {
         &self,
         req: v1::DescribeCollectionRequest,
     ) -> Result<v1::CollectionInfo, Status> {
-        let route = self.collection(&req.name).await?;
         let want = Want::of(req.consistency)?;
-        let calls = (0..Self::shards(&route))
+        self.routed(&req.name, |route| {
+            let req = &req;
+            async move { self.describe_on(&route, req, want).await }
+        })
+        .await
+    }
+
+    async fn describe_on(
+        &self,
+        route: &CollectionRoute,
+        req: &v1::DescribeCollectionRequest,
+        want: Want,
+    ) -> Result<v1::CollectionInfo, Status> {
+        let calls = (0..Self::shards(route))
             .map(|s| (s, ShardCall::Describe(req.clone())))
             .collect();
         let mut info: Option<v1::CollectionInfo> = None;
         let mut shards = Vec::with_capacity(route.shards.len());
         let mut indexing = false;
-        for (shard, reply) in self.read_all(&route, calls, want).await? {
+        for (shard, reply) in self.read_all(route, calls, want).await? {
             let ShardReply::Describe(part) = reply else {
                 return Err(unexpected(shard));
             };

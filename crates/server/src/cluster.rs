@@ -162,6 +162,11 @@ impl Cluster {
         self.inner.id
     }
 
+    /// The request limits this node enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
     /// Changes of the layout, as this node applies them.
     pub fn watch_layout(&self) -> watch::Receiver<Arc<ClusterState>> {
         self.inner.layout.clone()
@@ -737,6 +742,7 @@ impl Cluster {
             .await?;
             tracing::info!(group, node, "replica added and voting");
         }
+        let mut removed = BTreeSet::new();
         for node in view.voters.iter().chain(&view.learners) {
             if !placement.replicas.contains(node) {
                 self.change_replicas(internal::ChangeReplicasRequest {
@@ -745,10 +751,22 @@ impl Cluster {
                     ..Default::default()
                 })
                 .await?;
+                removed.insert(*node);
                 tracing::info!(group, node, "replica removed from its group");
             }
         }
         for node in &placement.leaving {
+            if !removed.contains(node) {
+                // The view above may come from a lagging replica: the group's leader removes
+                // it (nothing to do if it is no member), so the layout forgets the replica
+                // only once its group has let it go.
+                self.change_replicas(internal::ChangeReplicasRequest {
+                    group,
+                    remove_node: *node,
+                    ..Default::default()
+                })
+                .await?;
+            }
             let command = MetaCommand::ReplicaLeft {
                 collection: collection.to_owned(),
                 shard,
@@ -1054,8 +1072,10 @@ impl Cluster {
         };
         if let Some(local) = self.local_group(placement.group) {
             let here = match want {
-                // A replica still catching up may not have the collection yet.
-                Want::Any => local.shard().contains(name),
+                // A replica still catching up (a learner, a move's target) may lack data.
+                Want::Any => {
+                    local.view().voters.contains(&self.inner.id) && local.shard().contains(name)
+                }
                 Want::Leader => local.view().leader == Some(self.inner.id),
             };
             if here {
@@ -1528,17 +1548,13 @@ impl Cluster {
                 format!("node {to} is being drained; it takes no replica"),
             ));
         }
-        if let Some(g) = layout
-            .collections
-            .get(&collection)
-            .and_then(|c| c.shards.iter().find(|s| !s.leaving.is_empty()))
-        {
+        if let Some(g) = layout.groups().find(|g| !g.placement.leaving.is_empty()) {
             return Err(Error::new(
                 ErrorCode::FailedPrecondition,
                 format!(
-                    "raft group {} of collection {collection:?} is still moving a replica; \
+                    "shard {} of collection {:?} is still moving a replica (one move at a time); \
                      retry when it is done",
-                    g.group
+                    g.shard, g.collection.spec.name
                 ),
             ));
         }

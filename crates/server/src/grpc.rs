@@ -19,7 +19,7 @@ use shoal_proto::v1::point_service_server::PointService;
 use shoal_proto::v1::{self};
 use shoal_proto::{ids_from_wire, metric_to_wire, search_params_from_wire, status_from_error};
 use shoal_raft::control;
-use shoal_router::grpc::{for_shard, requested_shard};
+use shoal_router::grpc::{for_shard, requested_shard, ShardRef};
 use shoal_router::{shard_of, Router, ShardCall, ShardMap, ShardReply, Transport};
 use shoal_shard::{CollectionDescription, CpuPool, Shard};
 use shoal_types::{CollectionSpec, Command, Error, ErrorCode, Point, PointId};
@@ -62,7 +62,7 @@ impl Transport for NodeTransport {
         &self,
         node: u64,
         address: &str,
-        shard: u32,
+        shard: ShardRef,
         call: ShardCall,
         timeout: Duration,
     ) -> Result<ShardReply, Status> {
@@ -72,7 +72,8 @@ impl Transport for NodeTransport {
                 .await
                 .unwrap_or_else(|_| {
                     Err(Status::deadline_exceeded(format!(
-                        "shard {shard} did not answer within {} ms",
+                        "shard {} did not answer within {} ms",
+                        shard.shard,
                         timeout.as_millis()
                     )))
                 });
@@ -129,6 +130,7 @@ impl Api {
             Arc::new(NodeTransport { exec: exec.clone() }),
             Some(cluster.id()),
             cluster.forward_timeout(),
+            cluster.limits().clone(),
         ));
         Self::follow_layout(&cluster, &router);
         Ok(Self {
@@ -201,7 +203,12 @@ impl ShardExec {
     }
 
     /// Runs `call` on shard `shard`.
-    pub async fn run(&self, shard: u32, call: ShardCall, hops: u32) -> Result<ShardReply, Status> {
+    pub async fn run(
+        &self,
+        shard: ShardRef,
+        call: ShardCall,
+        hops: u32,
+    ) -> Result<ShardReply, Status> {
         Ok(match call {
             ShardCall::Search(r) => ShardReply::Search(self.search(shard, r, hops).await?),
             ShardCall::Upsert(r) => ShardReply::Upsert(self.upsert(shard, r, hops).await?),
@@ -218,15 +225,24 @@ impl ShardExec {
     async fn route(
         &self,
         collection: &str,
-        shard: u32,
+        shard: ShardRef,
         want: Want,
         read: bool,
     ) -> Result<(usize, Target), Status> {
         let (placement, target) = self
             .cluster
-            .route(collection, shard, want)
+            .route(collection, shard.shard, want)
             .await
             .map_err(bad)?;
+        let group = placement.shards[shard.shard as usize].group;
+        if shard.group.is_some_and(|g| g != group) {
+            return Err(Status::aborted(format!(
+                "stale shard map: shard {} of collection {collection:?} is raft group {group} \
+                 now, not {}; the collection was dropped and created again",
+                shard.shard,
+                shard.group.unwrap_or_default()
+            )));
+        }
         let shards = placement.shards.len();
         if let (Target::Local(local), Want::Leader, true) = (&target, want, read) {
             match control::read_index(&local.raft, local.group).await {
@@ -236,7 +252,7 @@ impl ShardExec {
                 Err(e) if e.code == ErrorCode::NotLeader => {
                     let (_, rerouted) = self
                         .cluster
-                        .route(collection, shard, want)
+                        .route(collection, shard.shard, want)
                         .await
                         .map_err(bad)?;
                     if let Target::Local(again) = &rerouted {
@@ -254,8 +270,8 @@ impl ShardExec {
 
     /// Refuses ids that belong to another shard (a router with a wrong map would otherwise
     /// write them where no read finds them).
-    fn check_shard(ids: &[PointId], shard: u32, shards: usize) -> Result<(), Status> {
-        let shards = shards as u32;
+    fn check_shard(ids: &[PointId], shard: ShardRef, shards: usize) -> Result<(), Status> {
+        let (shard, shards) = (shard.shard, shards as u32);
         match ids.iter().find(|id| shard_of(id, shards) != shard) {
             None => Ok(()),
             Some(id) => Err(Status::invalid_argument(format!(
@@ -303,7 +319,7 @@ impl ShardExec {
 
     async fn describe(
         &self,
-        shard: u32,
+        shard: ShardRef,
         req: v1::DescribeCollectionRequest,
         hops: u32,
     ) -> Result<v1::CollectionInfo, Status> {
@@ -329,7 +345,7 @@ impl ShardExec {
 
     async fn upsert(
         &self,
-        shard: u32,
+        shard: ShardRef,
         req: v1::UpsertRequest,
         hops: u32,
     ) -> Result<v1::UpsertResponse, Status> {
@@ -372,7 +388,7 @@ impl ShardExec {
 
     async fn delete(
         &self,
-        shard: u32,
+        shard: ShardRef,
         req: v1::DeleteRequest,
         hops: u32,
     ) -> Result<v1::DeleteResponse, Status> {
@@ -408,7 +424,7 @@ impl ShardExec {
 
     async fn get(
         &self,
-        shard: u32,
+        shard: ShardRef,
         req: v1::GetRequest,
         hops: u32,
     ) -> Result<v1::GetResponse, Status> {
@@ -439,7 +455,7 @@ impl ShardExec {
 
     async fn count(
         &self,
-        shard: u32,
+        shard: ShardRef,
         req: v1::CountRequest,
         hops: u32,
     ) -> Result<v1::CountResponse, Status> {
@@ -463,7 +479,7 @@ impl ShardExec {
 
     async fn search(
         &self,
-        shard: u32,
+        shard: ShardRef,
         req: v1::SearchRequest,
         hops: u32,
     ) -> Result<v1::SearchResponse, Status> {

@@ -318,7 +318,12 @@ pub async fn run(config: Config, seeds: Vec<String>) -> anyhow::Result<()> {
     let max_message = config.limits.max_message_bytes;
     let timeout = Duration::from_millis(config.cluster.forward_timeout_ms);
     let transport = Arc::new(GrpcTransport::new(seeds.clone(), max_message, timeout));
-    let router = Arc::new(Router::new(transport.clone(), None, timeout));
+    let router = Arc::new(Router::new(
+        transport.clone(),
+        None,
+        timeout,
+        config.limits.clone(),
+    ));
     let latency = HistogramVec::new(
         HistogramOpts::new(
             "shoal_router_request_seconds",

@@ -97,7 +97,17 @@ pub struct Router {
     inflight: Mutex<HashMap<NodeId, usize>>,
     timeout: Duration,
     limits: Limits,
+    /// When the map was last refreshed for each collection it lacked: at most once per
+    /// [`MISS_REFRESH`] per name, so a client repeating an unknown name costs no refresh each
+    /// time, while a collection created a moment ago is found at once.
+    misses: Mutex<HashMap<String, Instant>>,
 }
+
+/// Names remembered in [`Router::misses`] before it is cleared.
+const MAX_MISSES: usize = 1024;
+
+/// The least time between two refreshes of the map for collections it lacks.
+const MISS_REFRESH: Duration = Duration::from_millis(250);
 
 /// What the parts of a write split over shards did.
 #[derive(Debug, Default)]
@@ -209,6 +219,7 @@ impl Router {
             inflight: Mutex::new(HashMap::new()),
             timeout,
             limits,
+            misses: Mutex::new(HashMap::new()),
         }
     }
 
@@ -250,8 +261,24 @@ impl Router {
         if let Some(route) = self.map().collections.get(name) {
             return Ok(route.clone());
         }
-        if let Some(map) = self.transport.refresh().await {
-            self.set_map(map);
+        let due = {
+            let mut misses = self.misses.lock();
+            let due = misses
+                .get(name)
+                .is_none_or(|at| at.elapsed() >= MISS_REFRESH);
+            if due {
+                if misses.len() >= MAX_MISSES {
+                    misses.clear();
+                }
+                misses.insert(name.to_owned(), Instant::now());
+            }
+            due
+        };
+        if due {
+            let refreshed = tokio::time::timeout(self.timeout, self.transport.refresh()).await;
+            if let Ok(Some(map)) = refreshed {
+                self.set_map(map);
+            }
         }
         self.map()
             .collections

@@ -629,8 +629,7 @@ impl Cluster {
                 continue;
             }
             if !self.inner.repairs.lock().insert(placement.group) {
-                // Still busy with an older layout: compare again at the next pass.
-                *self.inner.last_member_sync.lock() = None;
+                // Still busy with an older layout: compared again at the next sync.
                 continue;
             }
             let cluster = self.clone();
@@ -909,12 +908,19 @@ impl Cluster {
         control::add_learner(&local.raft, group, node, address, false).await?;
         let target = local.view().applied_index;
         let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+        let mut last_heard = Instant::now();
         loop {
-            let applied = self
+            let status = self
                 .node_statuses(&[node])
                 .await
                 .into_values()
                 .flatten()
+                .next();
+            if status.is_some() {
+                last_heard = Instant::now();
+            }
+            let applied = status
+                .into_iter()
                 .flat_map(|s| s.groups)
                 .find(|g| g.group == group)
                 .map_or(0, |g| g.applied_index);
@@ -925,6 +931,17 @@ impl Cluster {
                 return Err(Error::new(
                     ErrorCode::Unavailable,
                     format!("node {node} did not catch up with raft group {group} in time"),
+                ));
+            }
+            // A dead target would hold this group's repair (and a removal waiting for it)
+            // for the whole catch-up timeout: give up; the next repair tries again.
+            if last_heard.elapsed() > UNREACHABLE_TARGET {
+                return Err(Error::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "node {node} stopped answering while it caught up with raft group \
+                         {group}; the move waits until it is back (or removed)"
+                    ),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1581,6 +1598,9 @@ impl Cluster {
         self.local_groups().iter().map(|l| l.shard()).collect()
     }
 }
+
+/// How long a new replica's node may not answer before its catch-up is abandoned.
+const UNREACHABLE_TARGET: Duration = Duration::from_secs(20);
 
 /// How long a founding replica other than the first waits for the group to start before
 /// starting it itself.

@@ -26,6 +26,8 @@ fn approx_bytes(command: &Command) -> usize {
             .map(|p| p.vector.len() * 4 + 24)
             .sum::<usize>(),
         Command::Delete { ids, .. } => ids.len() * 24,
+        // Values vary; a row's share of a batch is bounded by the request size limit.
+        Command::PushFeatures { rows, .. } => rows.len() * 256,
         Command::CreateCollection(_) | Command::DropCollection { .. } => 256,
     }
 }

@@ -21,5 +21,5 @@ mod slot;
 pub use maintenance::Maintenance;
 pub use metrics::ShardMetrics;
 pub use pool::CpuPool;
-pub use shard::{CollectionDescription, Outcome, SearchHit, Shard, ShardConfig};
+pub use shard::{CollectionDescription, Outcome, SearchHit, Shard, ShardConfig, StoredFeatures};
 pub use slot::ShardSlot;

@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,8 +11,8 @@ use shoal_index::{
 };
 use shoal_storage::Store;
 use shoal_types::{
-    validate_ids, CollectionSpec, Command, Error, ErrorCode, Limits, Point, PointId, Result,
-    SearchParams,
+    validate_ids, CollectionSpec, Command, Error, ErrorCode, FeatureRow, FeatureValue, Limits,
+    Point, PointId, Result, SearchParams,
 };
 
 use crate::metrics::ShardMetrics;
@@ -51,6 +51,9 @@ pub struct Outcome {
     /// Points written or deleted.
     pub affected: u64,
 }
+
+/// An entity's feature row as stored: its event time and values in field order.
+pub type StoredFeatures = (i64, Vec<FeatureValue>);
 
 /// One search hit, with its vector when asked for.
 #[derive(Debug, Clone, PartialEq)]
@@ -237,6 +240,15 @@ impl Shard {
                 self.collection(collection)?;
                 validate_ids(ids)
             }
+            // Rows were checked against their view's fields where the view is known (the
+            // node's layout); here, what the shard itself needs.
+            Command::PushFeatures {
+                collection, rows, ..
+            } => {
+                limits.check_batch("push", rows.len(), limits.max_points_per_request)?;
+                self.collection(collection)?;
+                rows.iter().try_for_each(|r| r.entity.validate())
+            }
         }
     }
 
@@ -250,6 +262,7 @@ impl Shard {
             Command::DropCollection { .. } => "drop_collection",
             Command::Upsert { .. } => "upsert",
             Command::Delete { .. } => "delete",
+            Command::PushFeatures { .. } => "push_features",
         };
         let result = match cmd {
             Command::CreateCollection(spec) => self.apply_create(sequence, spec),
@@ -258,6 +271,12 @@ impl Shard {
                 self.apply_upsert(sequence, &collection, points)
             }
             Command::Delete { collection, ids } => self.apply_delete(sequence, &collection, &ids),
+            Command::PushFeatures {
+                collection,
+                view,
+                history_micros,
+                rows,
+            } => self.apply_push(sequence, &collection, view, history_micros, rows),
         };
         let result = match result {
             Err(e) if e.code != ErrorCode::Internal => {
@@ -383,6 +402,62 @@ impl Shard {
         batch.commit(false)?;
         let affected = coll.index.delete(ids) as u64;
         Ok(Outcome { sequence, affected })
+    }
+
+    /// Writes feature rows, each a version of its entity's row in view `view`; versions more
+    /// than `history_micros` (event time) behind the entity's newest are dropped. Every step
+    /// depends only on the command and the state, so replicas keep the same versions.
+    fn apply_push(
+        &self,
+        sequence: u64,
+        collection: &str,
+        view: u64,
+        history_micros: i64,
+        rows: Vec<FeatureRow>,
+    ) -> Result<Outcome> {
+        self.collection(collection)?;
+        let mut newest: HashMap<PointId, i64> = HashMap::new();
+        let mut batch = self.store.batch();
+        for row in &rows {
+            batch.put_feature_row(view, &row.entity, row.event_ts, row.created_ts, &row.values)?;
+            let at = newest.entry(row.entity.clone()).or_insert(i64::MIN);
+            *at = (*at).max(row.event_ts);
+        }
+        for (entity, at) in &newest {
+            let stored = self
+                .store
+                .feature_row::<Vec<FeatureValue>>(view, entity, None)?
+                .map_or(i64::MIN, |(event, _, _)| event);
+            let horizon = (*at).max(stored).saturating_sub(history_micros.max(0));
+            batch.delete_feature_rows_before(view, entity, horizon);
+        }
+        batch.put_counter(APPLIED, sequence);
+        batch.commit(false)?;
+        Ok(Outcome {
+            sequence,
+            affected: rows.len() as u64,
+        })
+    }
+
+    /// For each entity, the newest row of view `view` with event time at most `as_of` (the
+    /// newest of all without): its event time and values.
+    pub fn feature_rows(
+        &self,
+        collection: &str,
+        view: u64,
+        entities: &[PointId],
+        as_of: Option<i64>,
+    ) -> Result<Vec<Option<StoredFeatures>>> {
+        self.collection(collection)?;
+        entities
+            .iter()
+            .map(|entity| {
+                Ok(self
+                    .store
+                    .feature_row::<Vec<FeatureValue>>(view, entity, as_of)?
+                    .map(|(event, _, values)| (event, values)))
+            })
+            .collect()
     }
 
     /// Writes a copy of the shard as it is now to `dir` (which must not exist), in the
@@ -1114,6 +1189,74 @@ mod tests {
         assert!(copy_dir.exists());
         drop(copy);
         assert!(!copy_dir.exists());
+    }
+
+    #[test]
+    fn feature_rows_keep_the_newest_version_whatever_the_order_and_a_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = open(dir.path(), 100);
+        let mut log = Applier {
+            shard: &shard,
+            seq: 0,
+        };
+        log.apply(Command::CreateCollection(spec("Flat", Metric::L2)))
+            .unwrap();
+        let row = |entity: u64, event_ts: i64, created_ts: i64, v: i64| FeatureRow {
+            entity: PointId::Num(entity),
+            event_ts,
+            created_ts,
+            values: vec![FeatureValue::Int64(v), FeatureValue::Null],
+        };
+        let push = |log: &mut Applier<'_>, rows: Vec<FeatureRow>| {
+            log.apply(Command::PushFeatures {
+                collection: "c".into(),
+                view: 7,
+                history_micros: 1_000,
+                rows,
+            })
+            .unwrap()
+        };
+        // Out of order: the newest event wins; equal events go to the newest created.
+        push(&mut log, vec![row(1, 500, 1, 50), row(2, 10, 1, 1)]);
+        push(&mut log, vec![row(1, 300, 9, 30), row(1, 500, 0, 49)]);
+        let latest = |shard: &Shard, as_of| {
+            shard
+                .feature_rows(
+                    "c",
+                    7,
+                    &[PointId::Num(1), PointId::Num(2), PointId::Num(3)],
+                    as_of,
+                )
+                .unwrap()
+        };
+        let now = latest(&shard, None);
+        assert_eq!(
+            now[0],
+            Some((500, vec![FeatureValue::Int64(50), FeatureValue::Null]))
+        );
+        assert_eq!(now[1].as_ref().unwrap().0, 10);
+        assert_eq!(now[2], None);
+        // As of a past time: the newest row at or before it.
+        assert_eq!(latest(&shard, Some(499))[0].as_ref().unwrap().0, 300);
+        assert_eq!(latest(&shard, Some(299))[0], None);
+        // Versions more than the history behind the newest go.
+        push(&mut log, vec![row(1, 1_400, 1, 140)]);
+        assert_eq!(latest(&shard, Some(1_399))[0].as_ref().unwrap().0, 500);
+        assert_eq!(
+            latest(&shard, Some(499))[0],
+            None,
+            "300 is 1100 behind 1400"
+        );
+        // Another view's rows are apart; an unknown collection is refused.
+        assert_eq!(
+            shard
+                .feature_rows("c", 8, &[PointId::Num(1)], None)
+                .unwrap(),
+            vec![None]
+        );
+        assert!(shard
+            .feature_rows("nope", 7, &[PointId::Num(1)], None)
+            .is_err());
     }
 
     #[test]

@@ -25,6 +25,38 @@ pub(crate) fn point_id_from_key(key: &[u8]) -> Result<PointId> {
     PointId::from_key_bytes(key.get(4..).unwrap_or_default())
 }
 
+/// A feature row's key prefix: view id, then the entity's key bytes behind their length, so
+/// that no entity's prefix is another's.
+pub(crate) fn feature_prefix(view: u64, entity: &PointId) -> Vec<u8> {
+    let id = entity.to_key_bytes();
+    let mut key = Vec::with_capacity(8 + 2 + id.len() + 16);
+    key.extend_from_slice(&view.to_be_bytes());
+    key.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    key.extend_from_slice(&id);
+    key
+}
+
+/// An i64 as 8 bytes that sort like the number (sign bit flipped, big-endian).
+pub(crate) fn ordered_i64(n: i64) -> [u8; 8] {
+    ((n as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub(crate) fn i64_from_ordered(bytes: &[u8]) -> Result<i64> {
+    let bytes: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| Error::internal("corrupt feature row key"))?;
+    Ok((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
+}
+
+/// A feature row's key: its prefix, then event and created time, so an entity's versions
+/// sort by (event, created).
+pub(crate) fn feature_key(view: u64, entity: &PointId, event_ts: i64, created_ts: i64) -> Vec<u8> {
+    let mut key = feature_prefix(view, entity);
+    key.extend_from_slice(&ordered_i64(event_ts));
+    key.extend_from_slice(&ordered_i64(created_ts));
+    key
+}
+
 /// `coll` followed by a big-endian u64 (rows, segments).
 pub(crate) fn numbered_key(coll: u32, n: u64) -> [u8; 12] {
     let mut key = [0u8; 12];

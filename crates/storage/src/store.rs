@@ -12,8 +12,9 @@ use serde::Serialize;
 use shoal_types::{Error, PointId, Result};
 
 use crate::keys::{
-    collection_key, collection_range, decode_row, number_from_key, numbered_key, point_id_from_key,
-    point_key, raft_index_from_key, raft_log_key, raft_state_key, row_value, u64_value,
+    collection_key, collection_range, decode_row, feature_key, feature_prefix, i64_from_ordered,
+    number_from_key, numbered_key, ordered_i64, point_id_from_key, point_key, raft_index_from_key,
+    raft_log_key, raft_state_key, row_value, u64_value,
 };
 
 const CF_COLLECTIONS: &str = "collections";
@@ -23,7 +24,8 @@ const CF_SEGMENTS: &str = "segments";
 const CF_STATE: &str = "state";
 const CF_RAFT_LOG: &str = "raft_log";
 const CF_RAFT_STATE: &str = "raft_state";
-const COLUMN_FAMILIES: [&str; 7] = [
+const CF_FEATURES: &str = "features";
+const COLUMN_FAMILIES: [&str; 8] = [
     CF_COLLECTIONS,
     CF_POINTS,
     CF_ROWS,
@@ -31,6 +33,7 @@ const COLUMN_FAMILIES: [&str; 7] = [
     CF_STATE,
     CF_RAFT_LOG,
     CF_RAFT_STATE,
+    CF_FEATURES,
 ];
 
 fn db_error(what: &str, err: rocksdb::Error) -> Error {
@@ -284,6 +287,34 @@ impl Store {
         Ok(())
     }
 
+    /// The newest version of `entity`'s row in feature view `view` whose event time is at
+    /// most `as_of` (any, without): `(event_ts, created_ts, values)`.
+    pub fn feature_row<T: DeserializeOwned>(
+        &self,
+        view: u64,
+        entity: &PointId,
+        as_of: Option<i64>,
+    ) -> Result<Option<(i64, i64, T)>> {
+        let prefix = feature_prefix(view, entity);
+        let mut upper = prefix.clone();
+        upper.extend_from_slice(&ordered_i64(as_of.unwrap_or(i64::MAX)));
+        upper.extend_from_slice(&ordered_i64(i64::MAX));
+        let mut iter = self.db.iterator_cf(
+            self.cf(CF_FEATURES),
+            IteratorMode::From(&upper, Direction::Reverse),
+        );
+        let Some(item) = iter.next() else {
+            return Ok(None);
+        };
+        let (key, value) = item.map_err(|e| db_error("reading a feature row", e))?;
+        if !key.starts_with(&prefix) || key.len() != prefix.len() + 16 {
+            return Ok(None);
+        }
+        let event = i64_from_ordered(&key[prefix.len()..prefix.len() + 8])?;
+        let created = i64_from_ordered(&key[prefix.len() + 8..])?;
+        Ok(Some((event, created, decode("feature row", &value)?)))
+    }
+
     /// Writes a consistent copy of the database as it is now to `dir`, which must not exist:
     /// memtables are flushed, then the SST files are hard-linked (copied across file
     /// systems). The copy opens with [`Store::open`] like any database.
@@ -416,6 +447,34 @@ impl Batch<'_> {
         );
         self.inner
             .delete_cf(&self.store.cf(CF_RAFT_LOG), raft_log_key(group, upto));
+    }
+
+    /// Writes one version of `entity`'s row in feature view `view`.
+    pub fn put_feature_row<T: Serialize>(
+        &mut self,
+        view: u64,
+        entity: &PointId,
+        event_ts: i64,
+        created_ts: i64,
+        values: &T,
+    ) -> Result<()> {
+        let value = encode("feature row", values)?;
+        self.inner.put_cf(
+            &self.store.cf(CF_FEATURES),
+            feature_key(view, entity, event_ts, created_ts),
+            value,
+        );
+        Ok(())
+    }
+
+    /// Deletes the versions of `entity`'s row in view `view` with event time before
+    /// `before`.
+    pub fn delete_feature_rows_before(&mut self, view: u64, entity: &PointId, before: i64) {
+        self.inner.delete_range_cf(
+            &self.store.cf(CF_FEATURES),
+            feature_key(view, entity, i64::MIN, i64::MIN),
+            feature_key(view, entity, before, i64::MIN),
+        );
     }
 
     pub fn put_raft_state<T: Serialize>(

@@ -2,7 +2,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CollectionSpec, Error, PointId, Result};
+use crate::{CollectionSpec, Error, FeatureRow, PointId, Result};
 
 /// A point as written: its id and its vector, exactly as the client sent it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +27,15 @@ pub enum Command {
         collection: String,
         ids: Vec<PointId>,
     },
+    /// Feature rows of view `view` (its id in the layout, never reused). Each row is a
+    /// version; versions of an entity more than `history_micros` (event time) behind its
+    /// newest are dropped.
+    PushFeatures {
+        collection: String,
+        view: u64,
+        history_micros: i64,
+        rows: Vec<FeatureRow>,
+    },
 }
 
 impl Command {
@@ -34,7 +43,9 @@ impl Command {
         match self {
             Command::CreateCollection(spec) => &spec.name,
             Command::DropCollection { name } => name,
-            Command::Upsert { collection, .. } | Command::Delete { collection, .. } => collection,
+            Command::Upsert { collection, .. }
+            | Command::Delete { collection, .. }
+            | Command::PushFeatures { collection, .. } => collection,
         }
     }
 }

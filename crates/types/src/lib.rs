@@ -7,6 +7,7 @@
 
 mod command;
 mod error;
+mod features;
 mod id;
 mod limits;
 mod metric;
@@ -14,6 +15,10 @@ mod spec;
 
 pub use command::{validate_ids, Command, Point};
 pub use error::{Error, ErrorCode, Result};
+pub use features::{
+    FeatureField, FeatureRow, FeatureStatus, FeatureType, FeatureValue, FeatureViewSpec,
+    DEFAULT_HISTORY_SECONDS, MAX_FEATURE_FIELDS,
+};
 pub use id::PointId;
 pub use limits::Limits;
 pub use metric::Metric;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use shoal_proto::v1::cluster_service_client::ClusterServiceClient;
 use shoal_proto::v1::collection_service_client::CollectionServiceClient;
+use shoal_proto::v1::feature_service_client::FeatureServiceClient;
 use shoal_proto::v1::point_service_client::PointServiceClient;
 use shoal_types::Limits;
 use tonic::transport::{Channel, Endpoint};
@@ -14,6 +15,7 @@ pub struct Clients {
     pub collections: CollectionServiceClient<Channel>,
     pub points: PointServiceClient<Channel>,
     pub cluster: ClusterServiceClient<Channel>,
+    pub features: FeatureServiceClient<Channel>,
 }
 
 /// Clients for the node at `addr` (`HOST:PORT`, or a full `http://` URI). The connection is
@@ -35,6 +37,9 @@ pub fn connect(addr: &str) -> Result<Clients> {
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
         points: PointServiceClient::new(channel.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        features: FeatureServiceClient::new(channel.clone())
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
         cluster: ClusterServiceClient::new(channel).max_decoding_message_size(max),

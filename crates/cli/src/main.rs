@@ -73,6 +73,9 @@ enum Command {
     /// Show and move a collection's shard replicas.
     #[command(subcommand)]
     Shard(ShardCommand),
+    /// Feature views, pushes and online reads (the feature store).
+    #[command(subcommand)]
+    Features(commands::features::FeaturesCommand),
     /// Load a data set, then measure search throughput, latency and recall.
     Bench(BenchArgs),
 }
@@ -100,6 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(command) => commands::cluster::run(clients, cli.output, command).await,
         Command::Node(command) => commands::cluster::run_node(clients, cli.output, command).await,
         Command::Shard(command) => commands::cluster::run_shard(clients, cli.output, command).await,
+        Command::Features(command) => commands::features::run(clients, cli.output, command).await,
         Command::Bench(args) => bench::run(clients, cli.output, args).await,
     };
     result.map_err(|err| {

@@ -6,9 +6,13 @@
 //! Generated code lives only here; nothing else in the workspace runs protoc.
 
 mod convert;
+mod features;
 mod status;
 
 pub use convert::{ids_from_wire, metric_from_wire, metric_to_wire, search_params_from_wire};
+pub use features::{
+    feature_row_from_wire, feature_status_to_wire, feature_type_from_wire, feature_type_to_wire,
+};
 pub use status::status_from_error;
 
 /// Generated messages and services of `shoal.v1`.

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use shoal_types::{CollectionSpec, Error, ErrorCode, Result};
+use shoal_types::{CollectionSpec, Error, ErrorCode, FeatureViewSpec, Result};
 
 use crate::{GroupId, NodeId};
 
@@ -69,6 +69,14 @@ impl ShardPlacement {
     }
 }
 
+/// A feature view as the layout records it: its spec and an id never reused, which keys its
+/// rows in the shards (so a view dropped and created again starts empty).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureView {
+    pub id: u64,
+    pub spec: FeatureViewSpec,
+}
+
 /// A shard's group, with its collection and shard number.
 #[derive(Debug, Clone, Copy)]
 pub struct GroupRef<'a> {
@@ -97,6 +105,9 @@ pub struct ClusterState {
     /// Ids of removed nodes, which never come back: a node that held replicas (or founded a
     /// group) under an id must not rejoin under it with empty data.
     pub retired: std::collections::BTreeSet<NodeId>,
+    /// Feature views by name (unique across the cluster).
+    pub views: BTreeMap<String, FeatureView>,
+    pub next_view: u64,
 }
 
 impl Default for ClusterState {
@@ -107,6 +118,8 @@ impl Default for ClusterState {
             next_group: META_GROUP + 1,
             version: 0,
             retired: Default::default(),
+            views: BTreeMap::new(),
+            next_view: 1,
         }
     }
 }
@@ -157,6 +170,13 @@ pub enum MetaCommand {
         shard: u32,
         node: NodeId,
     },
+    /// Creates a feature view on an existing collection.
+    CreateFeatureView {
+        spec: FeatureViewSpec,
+    },
+    DropFeatureView {
+        name: String,
+    },
 }
 
 /// What an applied [`MetaCommand`] did.
@@ -167,6 +187,11 @@ pub enum MetaOutcome {
     Created {
         groups: Vec<GroupId>,
     },
+}
+
+/// The error for a feature view that does not exist.
+pub fn unknown_view(name: &str) -> Error {
+    Error::not_found(format!("feature view {name:?} does not exist"))
 }
 
 fn unknown_node(id: NodeId) -> Error {
@@ -221,6 +246,28 @@ impl ClusterState {
             MetaCommand::DropCollection { name } => {
                 if self.collections.remove(&name).is_none() {
                     return Err(Error::unknown_collection(&name));
+                }
+                self.views.retain(|_, v| v.spec.collection != name);
+            }
+            MetaCommand::CreateFeatureView { spec } => {
+                spec.validate()?;
+                if !self.collections.contains_key(&spec.collection) {
+                    return Err(Error::unknown_collection(&spec.collection));
+                }
+                if self.views.contains_key(&spec.name) {
+                    return Err(Error::new(
+                        ErrorCode::AlreadyExists,
+                        format!("feature view {:?} already exists", spec.name),
+                    ));
+                }
+                let id = self.next_view;
+                self.next_view += 1;
+                self.views
+                    .insert(spec.name.clone(), FeatureView { id, spec });
+            }
+            MetaCommand::DropFeatureView { name } => {
+                if self.views.remove(&name).is_none() {
+                    return Err(unknown_view(&name));
                 }
             }
             MetaCommand::AddReplica {

@@ -55,7 +55,8 @@ mod test;
 
 pub use group::{RaftConfig, RaftNode};
 pub use layout::{
-    ClusterState, MetaCommand, MetaOutcome, NodeRecord, Placement, ShardPlacement, META_GROUP,
+    ClusterState, FeatureView, MetaCommand, MetaOutcome, NodeRecord, Placement, ShardPlacement,
+    META_GROUP,
 };
 pub use log_store::LogStore;
 pub use machine::{Driven, Machine};

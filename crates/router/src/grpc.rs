@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 use shoal_proto::internal::v1 as internal;
 use shoal_proto::internal::v1::node_service_client::NodeServiceClient;
 use shoal_proto::v1::collection_service_client::CollectionServiceClient;
+use shoal_proto::v1::feature_service_client::FeatureServiceClient;
 use shoal_proto::v1::point_service_client::PointServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
@@ -82,6 +83,11 @@ pub async fn call(
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message)
     };
+    let features = || {
+        FeatureServiceClient::new(channel.clone())
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message)
+    };
     let reply = match call {
         ShardCall::Search(r) => {
             ShardReply::Search(points().search(wire(r, shard, timeout)).await?.into_inner())
@@ -98,6 +104,18 @@ pub async fn call(
         ShardCall::Count(r) => {
             ShardReply::Count(points().count(wire(r, shard, timeout)).await?.into_inner())
         }
+        ShardCall::Push(r) => ShardReply::Push(
+            features()
+                .push_features(wire(r, shard, timeout))
+                .await?
+                .into_inner(),
+        ),
+        ShardCall::Features(r) => ShardReply::Features(
+            features()
+                .get_online_features(wire(r, shard, timeout))
+                .await?
+                .into_inner(),
+        ),
         ShardCall::Describe(r) => ShardReply::Describe(
             CollectionServiceClient::new(channel.clone())
                 .max_decoding_message_size(max_message)

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use shoal_proto::internal::v1 as internal;
-use shoal_proto::metric_from_wire;
-use shoal_types::{Error, Metric, Result};
+use shoal_proto::{feature_type_from_wire, metric_from_wire};
+use shoal_types::{Error, FeatureField, FeatureViewSpec, Metric, Result};
 
 pub type NodeId = u64;
 
@@ -16,6 +16,8 @@ pub struct ShardMap {
     pub version: u64,
     pub nodes: BTreeMap<NodeId, String>,
     pub collections: BTreeMap<String, CollectionRoute>,
+    /// Feature views by name (their fields; TTL and history are the nodes' business).
+    pub views: BTreeMap<String, FeatureViewSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -72,10 +74,31 @@ impl TryFrom<internal::ShardMapResponse> for ShardMap {
                 Ok((c.name, route))
             })
             .collect::<Result<_>>()?;
+        let views = wire
+            .views
+            .into_iter()
+            .map(|v| {
+                let fields = v
+                    .field_names
+                    .into_iter()
+                    .zip(v.field_types)
+                    .map(|(name, ty)| Ok(FeatureField { name, ty: feature_type_from_wire(ty)? }))
+                    .collect::<Result<_>>()?;
+                let spec = FeatureViewSpec {
+                    name: v.name.clone(),
+                    collection: v.collection,
+                    fields,
+                    ttl_seconds: 0,
+                    history_seconds: 0,
+                };
+                Ok((v.name, spec))
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
             version: wire.version,
             nodes: wire.nodes.into_iter().collect(),
             collections,
+            views,
         })
     }
 }

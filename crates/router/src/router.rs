@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use parking_lot::{Mutex, RwLock};
 use shoal_proto::v1;
-use shoal_proto::{ids_from_wire, status_from_error};
+use shoal_proto::{feature_row_from_wire, ids_from_wire, status_from_error};
 use shoal_types::{validate_ids, CollectionSpec, Error, IndexParams, Limits, PointId};
 use tonic::{Code, Status};
 
@@ -54,6 +54,8 @@ pub enum ShardCall {
     Get(v1::GetRequest),
     Count(v1::CountRequest),
     Describe(v1::DescribeCollectionRequest),
+    Push(v1::PushFeaturesRequest),
+    Features(v1::GetOnlineFeaturesRequest),
 }
 
 /// A shard's answer to a [`ShardCall`] of the same kind.
@@ -65,6 +67,8 @@ pub enum ShardReply {
     Get(v1::GetResponse),
     Count(v1::CountResponse),
     Describe(v1::CollectionInfo),
+    Push(v1::PushFeaturesResponse),
+    Features(v1::GetOnlineFeaturesResponse),
 }
 
 /// How the router reaches shards and learns the shard map.
@@ -625,6 +629,155 @@ impl Router {
             }
         })
         .await
+    }
+
+    /// The collection of feature view `view`; a view the map lacks is looked up once more in
+    /// a fresh map.
+    async fn view_collection(&self, view: &str) -> Result<shoal_types::FeatureViewSpec, Status> {
+        if let Some(spec) = self.map().views.get(view) {
+            return Ok(spec.clone());
+        }
+        if let Some(map) = self.transport.refresh().await {
+            self.set_map(map);
+        }
+        self.map().views.get(view).cloned().ok_or_else(|| {
+            Status::not_found(format!("feature view {view:?} does not exist"))
+        })
+    }
+
+    /// Writes feature rows, each on its entity's shard leader; shards in parallel. The rows
+    /// are checked against the view whole before they are split.
+    pub async fn push_features(
+        &self,
+        req: v1::PushFeaturesRequest,
+    ) -> Result<v1::PushFeaturesResponse, Status> {
+        let view = self.view_collection(&req.view).await?;
+        let max = self.limits.max_points_per_request;
+        self.limits
+            .check_batch("push", req.rows.len(), max)
+            .map_err(bad)?;
+        let entities = req
+            .rows
+            .iter()
+            .map(|row| Ok(feature_row_from_wire(&view, row.clone())?.entity))
+            .collect::<Result<Vec<_>, Error>>()
+            .map_err(bad)?;
+        self.routed(&view.collection, |route| {
+            let (req, entities) = (&req, &entities);
+            async move {
+                let parts = Self::split(
+                    &route,
+                    entities.iter().cloned().zip(req.rows.clone()).collect(),
+                )
+                .into_iter()
+                .map(|(shard, rows)| {
+                    let ids = rows.iter().filter_map(|r| r.entity_id.clone()).collect();
+                    let part = v1::PushFeaturesRequest {
+                        view: req.view.clone(),
+                        rows,
+                    };
+                    (shard, (ids, ShardCall::Push(part)))
+                })
+                .collect();
+                let outcome = self
+                    .write_parts(&route, parts, |reply| match reply {
+                        ShardReply::Push(r) => Some((r.pushed, 0)),
+                        _ => None,
+                    })
+                    .await?;
+                Ok(v1::PushFeaturesResponse {
+                    pushed: outcome.count,
+                    failed_shards: outcome.failed_shards,
+                    unacknowledged: outcome.unacknowledged,
+                })
+            }
+        })
+        .await
+    }
+
+    /// Online feature values of entities, column-major in request order.
+    pub async fn get_online_features(
+        &self,
+        req: v1::GetOnlineFeaturesRequest,
+    ) -> Result<v1::GetOnlineFeaturesResponse, Status> {
+        let want = Want::of(req.consistency)?;
+        let first = req
+            .features
+            .first()
+            .ok_or_else(|| Status::invalid_argument("no features asked for"))?;
+        let (view, _) = first.split_once(':').ok_or_else(|| {
+            Status::invalid_argument(format!("feature reference {first:?} is not VIEW:FIELD"))
+        })?;
+        let collection = self.view_collection(view).await?.collection;
+        let ids = ids_from_wire(req.entity_ids.clone()).map_err(bad)?;
+        let max = self.limits.max_points_per_request;
+        self.limits.check_batch("get", ids.len(), max).map_err(bad)?;
+        // Each entity's cells, one per feature.
+        let cells = self
+            .routed(&collection, |route| {
+                let (req, ids) = (&req, &ids);
+                async move {
+                    let parts = Self::split(
+                        &route,
+                        ids.iter()
+                            .cloned()
+                            .zip(ids.iter().cloned().zip(req.entity_ids.clone()))
+                            .collect(),
+                    );
+                    let mut sent: HashMap<u32, Vec<PointId>> = HashMap::new();
+                    let calls = parts
+                        .into_iter()
+                        .map(|(shard, entities)| {
+                            let (part_ids, wire): (Vec<PointId>, Vec<v1::PointId>) =
+                                entities.into_iter().unzip();
+                            sent.insert(shard, part_ids);
+                            let part = v1::GetOnlineFeaturesRequest {
+                                entity_ids: wire,
+                                ..req.clone()
+                            };
+                            (shard, ShardCall::Features(part))
+                        })
+                        .collect();
+                    let mut cells: HashMap<PointId, Vec<(v1::FeatureValue, i32, i64)>> =
+                        HashMap::new();
+                    for (shard, reply) in self.read_all(&route, calls, want).await? {
+                        let ShardReply::Features(part) = reply else {
+                            return Err(unexpected(shard));
+                        };
+                        // A part answers for its entities in the order it was sent them.
+                        let part_ids = sent.remove(&shard).unwrap_or_default();
+                        for (row, id) in part_ids.into_iter().enumerate() {
+                            let entity_cells = part
+                                .results
+                                .iter()
+                                .map(|column| {
+                                    (
+                                        column.values.get(row).cloned().unwrap_or_default(),
+                                        column.statuses.get(row).copied().unwrap_or_default(),
+                                        column.event_timestamps.get(row).copied().unwrap_or_default(),
+                                    )
+                                })
+                                .collect();
+                            cells.insert(id, entity_cells);
+                        }
+                    }
+                    Ok(cells)
+                }
+            })
+            .await?;
+        let mut results = vec![v1::FeatureColumn::default(); req.features.len()];
+        for id in &ids {
+            let row = cells.get(id).ok_or_else(|| unexpected(0))?;
+            for (column, (value, status, event)) in results.iter_mut().zip(row) {
+                column.values.push(value.clone());
+                column.statuses.push(*status);
+                column.event_timestamps.push(*event);
+            }
+        }
+        Ok(v1::GetOnlineFeaturesResponse {
+            feature_names: req.features,
+            results,
+        })
     }
 
     /// Every reply of a read that needs all its shards, or the first failure.

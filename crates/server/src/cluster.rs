@@ -199,7 +199,23 @@ impl Cluster {
                     .collect(),
             })
             .collect();
+        let views = layout
+            .views
+            .values()
+            .map(|v| internal::ViewRoute {
+                name: v.spec.name.clone(),
+                collection: v.spec.collection.clone(),
+                field_names: v.spec.fields.iter().map(|f| f.name.clone()).collect(),
+                field_types: v
+                    .spec
+                    .fields
+                    .iter()
+                    .map(|f| shoal_proto::feature_type_to_wire(f.ty) as i32)
+                    .collect(),
+            })
+            .collect();
         internal::ShardMapResponse {
+            views,
             version: layout.version,
             nodes: layout
                 .nodes
@@ -1267,6 +1283,32 @@ impl Cluster {
             MetaOutcome::Created { groups } => Ok(groups),
             MetaOutcome::Done => Err(Error::internal("the meta group created no group")),
         }
+    }
+
+    /// Creates a feature view (this node leads the meta group).
+    pub async fn create_feature_view(&self, spec: shoal_types::FeatureViewSpec) -> Result<()> {
+        control::propose_meta(&self.inner.meta, MetaCommand::CreateFeatureView { spec }).await?;
+        Ok(())
+    }
+
+    /// Drops a feature view (this node leads the meta group).
+    pub async fn drop_feature_view(&self, name: String) -> Result<()> {
+        control::propose_meta(&self.inner.meta, MetaCommand::DropFeatureView { name }).await?;
+        Ok(())
+    }
+
+    /// Feature view `name`, catching up with the meta leader once if this node does not
+    /// know it.
+    pub async fn feature_view(&self, name: &str) -> Result<shoal_raft::FeatureView> {
+        if let Some(v) = self.layout().views.get(name) {
+            return Ok(v.clone());
+        }
+        self.sync_layout().await?;
+        self.layout()
+            .views
+            .get(name)
+            .cloned()
+            .ok_or_else(|| shoal_raft::layout::unknown_view(name))
     }
 
     /// Keeps the repair loop off `groups` while the result lives, once the repairs under way

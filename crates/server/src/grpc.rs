@@ -14,15 +14,23 @@ use prometheus::{HistogramOpts, HistogramVec, Registry};
 use shoal_index::SegmentState;
 use shoal_proto::v1::collection_service_client::CollectionServiceClient;
 use shoal_proto::v1::collection_service_server::CollectionService;
+use shoal_proto::v1::feature_service_client::FeatureServiceClient;
+use shoal_proto::v1::feature_service_server::FeatureService;
 use shoal_proto::v1::point_service_client::PointServiceClient;
 use shoal_proto::v1::point_service_server::PointService;
 use shoal_proto::v1::{self};
-use shoal_proto::{ids_from_wire, metric_to_wire, search_params_from_wire, status_from_error};
+use shoal_proto::{
+    feature_row_from_wire, feature_status_to_wire, ids_from_wire, metric_to_wire,
+    search_params_from_wire, status_from_error,
+};
 use shoal_raft::control;
 use shoal_router::grpc::{for_shard, requested_shard, ShardRef};
 use shoal_router::{shard_of, Router, ShardCall, ShardMap, ShardReply, Transport};
 use shoal_shard::{CollectionDescription, CpuPool, Shard};
-use shoal_types::{CollectionSpec, Command, Error, ErrorCode, Point, PointId};
+use shoal_types::{
+    CollectionSpec, Command, Error, ErrorCode, FeatureStatus, FeatureValue, FeatureViewSpec, Point,
+    PointId,
+};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -202,6 +210,164 @@ impl ShardExec {
             .max_encoding_message_size(self.max_message)
     }
 
+    fn features_client(&self, channel: Channel) -> FeatureServiceClient<Channel> {
+        FeatureServiceClient::new(channel)
+            .max_decoding_message_size(self.max_message)
+            .max_encoding_message_size(self.max_message)
+    }
+
+    async fn push(
+        &self,
+        shard: ShardRef,
+        req: v1::PushFeaturesRequest,
+        hops: u32,
+    ) -> Result<v1::PushFeaturesResponse, Status> {
+        let view = self.cluster.feature_view(&req.view).await.map_err(bad)?;
+        let collection = view.spec.collection.clone();
+        let (shards, target) = self.route(&collection, shard, Want::Leader, false).await?;
+        let rows = req
+            .rows
+            .iter()
+            .map(|row| feature_row_from_wire(&view.spec, row.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let ids: Vec<PointId> = rows.iter().map(|r| r.entity.clone()).collect();
+        Self::check_shard(&ids, shard, shards)?;
+        if let Target::Local(local) = target {
+            let history = i64::try_from(view.spec.history_seconds.saturating_mul(1_000_000))
+                .unwrap_or(i64::MAX);
+            let command = Command::PushFeatures {
+                collection: collection.clone(),
+                view: view.id,
+                history_micros: history,
+                rows,
+            };
+            if let Some(outcome) = self.submit(&local, command).await? {
+                return Ok(v1::PushFeaturesResponse {
+                    pushed: outcome.affected,
+                    ..Default::default()
+                });
+            }
+        }
+        let (_, target) = self.route(&collection, shard, Want::Leader, false).await?;
+        let targets = Self::remote(target)?;
+        self.cluster
+            .forward(&targets, hops, &req, |ch, r| async move {
+                self.features_client(ch)
+                    .push_features(for_shard(r, shard))
+                    .await
+            })
+            .await
+            .map(Response::into_inner)
+    }
+
+    async fn features(
+        &self,
+        shard: ShardRef,
+        req: v1::GetOnlineFeaturesRequest,
+        hops: u32,
+    ) -> Result<v1::GetOnlineFeaturesResponse, Status> {
+        // Every reference resolved: its view and field position.
+        let mut refs = Vec::with_capacity(req.features.len());
+        for name in &req.features {
+            let (view, field) = name.split_once(':').ok_or_else(|| {
+                Status::invalid_argument(format!("feature reference {name:?} is not VIEW:FIELD"))
+            })?;
+            let view = self.cluster.feature_view(view).await.map_err(bad)?;
+            let (index, _) = view.spec.field(field).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "feature view {:?} has no field {field:?}",
+                    view.spec.name
+                ))
+            })?;
+            refs.push((view, index));
+        }
+        let collection = refs
+            .first()
+            .map(|(v, _)| v.spec.collection.clone())
+            .ok_or_else(|| Status::invalid_argument("no features asked for"))?;
+        if let Some((other, _)) = refs.iter().find(|(v, _)| v.spec.collection != collection) {
+            return Err(Status::invalid_argument(format!(
+                "feature views {:?} and {:?} belong to different collections; ask for one \
+                 collection's features per request",
+                refs[0].0.spec.name, other.spec.name
+            )));
+        }
+        let want = Want::of(req.consistency)?;
+        match self.route(&collection, shard, want, true).await? {
+            (shards, Target::Local(local)) => {
+                let ids = ids_from_wire(req.entity_ids.clone()).map_err(bad)?;
+                Self::check_shard(&ids, shard, shards)?;
+                let now = now_micros();
+                let (as_of, name) = (req.as_of, collection.clone());
+                let specs: Vec<(u64, FeatureViewSpec)> = {
+                    let mut seen = Vec::new();
+                    for (v, _) in &refs {
+                        if !seen.iter().any(|(id, _)| *id == v.id) {
+                            seen.push((v.id, v.spec.clone()));
+                        }
+                    }
+                    seen
+                };
+                let views: Vec<u64> = specs.iter().map(|(id, _)| *id).collect();
+                let rows = Self::blocking(local.shard(), move |shard| {
+                    views
+                        .iter()
+                        .map(|view| shard.feature_rows(&name, *view, &ids, as_of))
+                        .collect::<shoal_types::Result<Vec<_>>>()
+                })
+                .await?;
+                let results = refs
+                    .iter()
+                    .map(|(view, index)| {
+                        let at = specs.iter().position(|(id, _)| *id == view.id).unwrap_or(0);
+                        let horizon = as_of.unwrap_or(now);
+                        let ttl = i64::try_from(view.spec.ttl_seconds.saturating_mul(1_000_000))
+                            .unwrap_or(i64::MAX);
+                        let mut column = v1::FeatureColumn::default();
+                        for row in &rows[at] {
+                            let (value, status, event) = match row {
+                                None => (FeatureValue::Null, FeatureStatus::NotFound, 0),
+                                Some((event, _))
+                                    if ttl > 0 && horizon.saturating_sub(*event) > ttl =>
+                                {
+                                    (FeatureValue::Null, FeatureStatus::OutsideMaxAge, *event)
+                                }
+                                Some((event, values)) => {
+                                    let value =
+                                        values.get(*index).cloned().unwrap_or(FeatureValue::Null);
+                                    let status = if value == FeatureValue::Null {
+                                        FeatureStatus::NullValue
+                                    } else {
+                                        FeatureStatus::Present
+                                    };
+                                    (value, status, *event)
+                                }
+                            };
+                            column.values.push(value.into());
+                            column.statuses.push(feature_status_to_wire(status).into());
+                            column.event_timestamps.push(event);
+                        }
+                        column
+                    })
+                    .collect();
+                Ok(v1::GetOnlineFeaturesResponse {
+                    feature_names: req.features.clone(),
+                    results,
+                })
+            }
+            (_, Target::Remote(targets)) => self
+                .cluster
+                .forward(&targets, hops, &req, |ch, r| async move {
+                    self.features_client(ch)
+                        .get_online_features(for_shard(r, shard))
+                        .await
+                })
+                .await
+                .map(Response::into_inner),
+        }
+    }
+
     /// Runs `call` on shard `shard`.
     pub async fn run(
         &self,
@@ -216,6 +382,8 @@ impl ShardExec {
             ShardCall::Get(r) => ShardReply::Get(self.get(shard, r, hops).await?),
             ShardCall::Count(r) => ShardReply::Count(self.count(shard, r, hops).await?),
             ShardCall::Describe(r) => ShardReply::Describe(self.describe(shard, r, hops).await?),
+            ShardCall::Push(r) => ShardReply::Push(self.push(shard, r, hops).await?),
+            ShardCall::Features(r) => ShardReply::Features(self.features(shard, r, hops).await?),
         })
     }
 
@@ -519,6 +687,14 @@ impl ShardExec {
     }
 }
 
+/// Microseconds since the Unix epoch, now.
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
 fn collection_info(d: CollectionDescription) -> v1::CollectionInfo {
     v1::CollectionInfo {
         name: d.spec.name,
@@ -774,6 +950,118 @@ impl PointService for Api {
             match shard {
                 Some(shard) => self.exec.search(shard, req, hops).await,
                 None => self.router.search(req).await,
+            }
+            .map(Response::new)
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl FeatureService for Api {
+    async fn create_feature_view(
+        &self,
+        request: Request<v1::CreateFeatureViewRequest>,
+    ) -> Result<Response<v1::FeatureView>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        self.timed("CreateFeatureView", async {
+            let forwarded = self
+                .cluster
+                .forward_to_meta_leader(hops, &req, |ch, r| async move {
+                    self.exec.features_client(ch).create_feature_view(r).await
+                });
+            if let Some(answer) = forwarded.await {
+                return answer;
+            }
+            let view = req
+                .view
+                .ok_or_else(|| Status::invalid_argument("the request has no view"))?;
+            let spec = FeatureViewSpec::try_from(view).map_err(bad)?;
+            self.cluster
+                .create_feature_view(spec.clone())
+                .await
+                .map_err(bad)?;
+            Ok(Response::new((&spec).into()))
+        })
+        .await
+    }
+
+    async fn list_feature_views(
+        &self,
+        request: Request<v1::ListFeatureViewsRequest>,
+    ) -> Result<Response<v1::ListFeatureViewsResponse>, Status> {
+        let collection = request.into_inner().collection;
+        let views = self
+            .cluster
+            .layout()
+            .views
+            .values()
+            .filter(|v| collection.is_empty() || v.spec.collection == collection)
+            .map(|v| (&v.spec).into())
+            .collect();
+        Ok(Response::new(v1::ListFeatureViewsResponse { views }))
+    }
+
+    async fn describe_feature_view(
+        &self,
+        request: Request<v1::DescribeFeatureViewRequest>,
+    ) -> Result<Response<v1::FeatureView>, Status> {
+        let name = request.into_inner().name;
+        let view = self.cluster.feature_view(&name).await.map_err(bad)?;
+        Ok(Response::new((&view.spec).into()))
+    }
+
+    async fn drop_feature_view(
+        &self,
+        request: Request<v1::DropFeatureViewRequest>,
+    ) -> Result<Response<v1::DropFeatureViewResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        self.timed("DropFeatureView", async {
+            let forwarded = self
+                .cluster
+                .forward_to_meta_leader(hops, &req, |ch, r| async move {
+                    self.exec.features_client(ch).drop_feature_view(r).await
+                });
+            if let Some(answer) = forwarded.await {
+                return answer;
+            }
+            self.cluster
+                .drop_feature_view(req.name)
+                .await
+                .map_err(bad)?;
+            Ok(Response::new(v1::DropFeatureViewResponse {}))
+        })
+        .await
+    }
+
+    async fn push_features(
+        &self,
+        request: Request<v1::PushFeaturesRequest>,
+    ) -> Result<Response<v1::PushFeaturesResponse>, Status> {
+        let (hops, shard) = (hops(&request), requested_shard(&request)?);
+        let req = request.into_inner();
+        self.timed("PushFeatures", async {
+            match shard {
+                Some(shard) => self.exec.push(shard, req, hops).await,
+                None => self.router.push_features(req).await,
+            }
+            .map(Response::new)
+        })
+        .await
+    }
+
+    async fn get_online_features(
+        &self,
+        request: Request<v1::GetOnlineFeaturesRequest>,
+    ) -> Result<Response<v1::GetOnlineFeaturesResponse>, Status> {
+        let (hops, shard) = (hops(&request), requested_shard(&request)?);
+        let req = request.into_inner();
+        self.timed("GetOnlineFeatures", async {
+            match shard {
+                Some(shard) => self.exec.features(shard, req, hops).await,
+                None => self.router.get_online_features(req).await,
             }
             .map(Response::new)
         })

@@ -14,6 +14,7 @@ use shoal_index_faiss::FaissFactory;
 use shoal_proto::internal::v1::node_service_server::NodeServiceServer;
 use shoal_proto::v1::cluster_service_server::ClusterServiceServer;
 use shoal_proto::v1::collection_service_server::CollectionServiceServer;
+use shoal_proto::v1::feature_service_server::FeatureServiceServer;
 use shoal_proto::v1::point_service_server::PointServiceServer;
 use shoal_proto::v1::FILE_DESCRIPTOR_SET;
 use shoal_raft::{RaftNode, RaftServer};
@@ -114,6 +115,11 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
         .add_service(reflection)
         .add_service(
             CollectionServiceServer::new(api.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            FeatureServiceServer::new(api.clone())
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )

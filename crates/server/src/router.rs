@@ -15,6 +15,8 @@ use shoal_proto::v1::cluster_service_client::ClusterServiceClient;
 use shoal_proto::v1::cluster_service_server::{ClusterService, ClusterServiceServer};
 use shoal_proto::v1::collection_service_client::CollectionServiceClient;
 use shoal_proto::v1::collection_service_server::{CollectionService, CollectionServiceServer};
+use shoal_proto::v1::feature_service_client::FeatureServiceClient;
+use shoal_proto::v1::feature_service_server::{FeatureService, FeatureServiceServer};
 use shoal_proto::v1::point_service_server::{PointService, PointServiceServer};
 use shoal_proto::v1::{self, FILE_DESCRIPTOR_SET};
 use shoal_router::grpc::{requested_shard, GrpcTransport};
@@ -233,6 +235,80 @@ impl CollectionService for RouterApi {
 }
 
 #[tonic::async_trait]
+impl FeatureService for RouterApi {
+    async fn create_feature_view(
+        &self,
+        request: Request<v1::CreateFeatureViewRequest>,
+    ) -> Result<Response<v1::FeatureView>, Status> {
+        let created = self
+            .to_a_node(request.into_inner(), |ch, r| async move {
+                FeatureServiceClient::new(ch).create_feature_view(r).await
+            })
+            .await?;
+        self.refresh().await;
+        Ok(Response::new(created))
+    }
+
+    async fn list_feature_views(
+        &self,
+        request: Request<v1::ListFeatureViewsRequest>,
+    ) -> Result<Response<v1::ListFeatureViewsResponse>, Status> {
+        self.to_a_node(request.into_inner(), |ch, r| async move {
+            FeatureServiceClient::new(ch).list_feature_views(r).await
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn describe_feature_view(
+        &self,
+        request: Request<v1::DescribeFeatureViewRequest>,
+    ) -> Result<Response<v1::FeatureView>, Status> {
+        self.to_a_node(request.into_inner(), |ch, r| async move {
+            FeatureServiceClient::new(ch).describe_feature_view(r).await
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn drop_feature_view(
+        &self,
+        request: Request<v1::DropFeatureViewRequest>,
+    ) -> Result<Response<v1::DropFeatureViewResponse>, Status> {
+        let dropped = self
+            .to_a_node(request.into_inner(), |ch, r| async move {
+                FeatureServiceClient::new(ch).drop_feature_view(r).await
+            })
+            .await?;
+        self.refresh().await;
+        Ok(Response::new(dropped))
+    }
+
+    async fn push_features(
+        &self,
+        request: Request<v1::PushFeaturesRequest>,
+    ) -> Result<Response<v1::PushFeaturesResponse>, Status> {
+        no_shard(&request)?;
+        self.timed("PushFeatures", self.router.push_features(request.into_inner()))
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_online_features(
+        &self,
+        request: Request<v1::GetOnlineFeaturesRequest>,
+    ) -> Result<Response<v1::GetOnlineFeaturesResponse>, Status> {
+        no_shard(&request)?;
+        self.timed(
+            "GetOnlineFeatures",
+            self.router.get_online_features(request.into_inner()),
+        )
+        .await
+        .map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
 impl ClusterService for RouterApi {
     async fn cluster_status(
         &self,
@@ -376,6 +452,11 @@ pub async fn run(config: Config, seeds: Vec<String>) -> anyhow::Result<()> {
         )
         .add_service(
             PointServiceServer::new(api.clone())
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            FeatureServiceServer::new(api.clone())
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )

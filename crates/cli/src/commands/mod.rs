@@ -2,5 +2,6 @@
 
 pub mod cluster;
 pub mod collection;
+pub mod features;
 pub mod points;
 pub mod search;

@@ -1,0 +1,487 @@
+//! `shoalctl features ...`: feature views, pushes from JSON Lines, and online reads.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use serde_json::Value;
+use shoal_proto::v1::{self, feature_value::Kind};
+use shoal_proto::{feature_type_from_wire, feature_type_to_wire};
+use shoal_types::{FeatureType, FeatureViewSpec};
+
+use crate::client::Clients;
+use crate::commands::points::ensure_acknowledged;
+use crate::consistency::ConsistencyArg;
+use crate::id::Id;
+use crate::output::{self, table, Format, Report};
+
+#[derive(Debug, Subcommand)]
+pub enum FeaturesCommand {
+    /// Create, list, describe and drop feature views.
+    #[command(subcommand)]
+    View(ViewCommand),
+    /// Push rows from a JSON Lines file: {"id": 5 | "key", "event_timestamp": RFC 3339 or
+    /// microseconds, "created_timestamp": optional, "features": {"FIELD": value, ...}}.
+    Push {
+        collection: String,
+        view: String,
+        #[arg(long)]
+        file: PathBuf,
+        /// Rows per request.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+        batch_size: u32,
+    },
+    /// Read online features (VIEW:FIELD ...) of entities.
+    Get {
+        collection: String,
+        #[arg(required = true)]
+        features: Vec<String>,
+        #[arg(long, required = true, num_args = 1..)]
+        ids: Vec<Id>,
+        /// Point in time (RFC 3339 or microseconds since the epoch) [default: now].
+        #[arg(long)]
+        as_of: Option<String>,
+        #[command(flatten)]
+        read: ConsistencyArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ViewCommand {
+    /// Create a feature view of COLLECTION's points.
+    Create(CreateViewArgs),
+    /// List feature views (of one collection with --collection).
+    List {
+        #[arg(long)]
+        collection: Option<String>,
+    },
+    Describe {
+        name: String,
+    },
+    Drop {
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateViewArgs {
+    collection: String,
+    view: String,
+    /// A field, NAME:TYPE with TYPE one of bool, int64, double, string, bytes, float_list,
+    /// timestamp; repeatable.
+    #[arg(long = "field", required = true, value_parser = parse_field)]
+    fields: Vec<(String, FeatureType)>,
+    /// Rows older than this are OUTSIDE_MAX_AGE to online reads [default: no TTL].
+    #[arg(long)]
+    ttl: Option<u64>,
+    /// How far back `--as-of` reads can see, in seconds [default: 7 days].
+    #[arg(long)]
+    history: Option<u64>,
+}
+
+fn parse_field(arg: &str) -> Result<(String, FeatureType), String> {
+    let (name, ty) = arg
+        .split_once(':')
+        .ok_or_else(|| format!("expected NAME:TYPE, got {arg:?}"))?;
+    let ty = ty.parse::<FeatureType>().map_err(|e| e.message)?;
+    Ok((name.trim().to_owned(), ty))
+}
+
+/// A timestamp given as RFC 3339 or as microseconds since the epoch.
+pub fn parse_timestamp(text: &str) -> Result<i64> {
+    if let Ok(micros) = text.trim().parse::<i64>() {
+        return Ok(micros);
+    }
+    let at = chrono::DateTime::parse_from_rfc3339(text.trim()).with_context(|| {
+        format!("timestamp {text:?} is neither RFC 3339 nor microseconds since the epoch")
+    })?;
+    Ok(at.timestamp_micros())
+}
+
+fn timestamp_of(value: &Value, what: &str) -> Result<i64> {
+    match value {
+        Value::Number(n) => n
+            .as_i64()
+            .with_context(|| format!("{what}: {n} is not whole microseconds")),
+        Value::String(s) => parse_timestamp(s),
+        other => bail!("{what}: expected RFC 3339 text or microseconds, got {other}"),
+    }
+}
+
+/// A JSON value as a feature value of type `ty`.
+fn value_of(json: &Value, ty: FeatureType, what: &str) -> Result<v1::FeatureValue> {
+    let kind = match (ty, json) {
+        (_, Value::Null) => None,
+        (FeatureType::Bool, Value::Bool(b)) => Some(Kind::BoolValue(*b)),
+        (FeatureType::Int64, Value::Number(n)) if n.is_i64() => {
+            Some(Kind::Int64Value(n.as_i64().unwrap_or_default()))
+        }
+        (FeatureType::Double, Value::Number(n)) => {
+            Some(Kind::DoubleValue(n.as_f64().unwrap_or_default()))
+        }
+        (FeatureType::String, Value::String(s)) => Some(Kind::StringValue(s.clone())),
+        (FeatureType::Bytes, Value::String(s)) => Some(Kind::BytesValue(s.clone().into_bytes())),
+        (FeatureType::FloatList, Value::Array(items)) => Some(Kind::FloatListValue(v1::FloatList {
+            values: items
+                .iter()
+                .map(|v| v.as_f64().map(|f| f as f32))
+                .collect::<Option<_>>()
+                .with_context(|| format!("{what}: a float list holds numbers only"))?,
+        })),
+        (FeatureType::Timestamp, v) => Some(Kind::TimestampValue(timestamp_of(v, what)?)),
+        (ty, other) => bail!("{what}: expected a {ty}, got {other}"),
+    };
+    Ok(v1::FeatureValue { kind })
+}
+
+fn value_json(value: &v1::FeatureValue) -> Value {
+    match &value.kind {
+        None => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::from(*b),
+        Some(Kind::Int64Value(i)) => Value::from(*i),
+        Some(Kind::DoubleValue(d)) => Value::from(*d),
+        Some(Kind::StringValue(s)) => Value::from(s.clone()),
+        Some(Kind::BytesValue(b)) => Value::from(String::from_utf8_lossy(b).into_owned()),
+        Some(Kind::FloatListValue(l)) => Value::from(l.values.clone()),
+        Some(Kind::TimestampValue(t)) => Value::from(*t),
+    }
+}
+
+async fn view_of(clients: &mut Clients, collection: &str, view: &str) -> Result<FeatureViewSpec> {
+    let wire = clients
+        .features
+        .describe_feature_view(v1::DescribeFeatureViewRequest {
+            name: view.to_owned(),
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        wire.collection == collection,
+        "feature view {view:?} belongs to collection {:?}, not {collection:?}",
+        wire.collection
+    );
+    Ok(FeatureViewSpec::try_from(wire)?)
+}
+
+/// The rows of a JSON Lines file, checked against `view`.
+fn read_rows(path: &PathBuf, view: &FeatureViewSpec) -> Result<Vec<v1::FeatureRow>> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let types: HashMap<&str, FeatureType> =
+        view.fields.iter().map(|f| (f.name.as_str(), f.ty)).collect();
+    let mut rows = Vec::new();
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("{} line {}", path.display(), n + 1);
+        let json: Value = serde_json::from_str(&line).with_context(|| at.clone())?;
+        let id: Id = serde_json::from_value(json.get("id").cloned().unwrap_or(Value::Null))
+            .with_context(|| format!("{at}: \"id\" must be a number or a string"))?;
+        let event = timestamp_of(
+            json.get("event_timestamp")
+                .with_context(|| format!("{at}: no \"event_timestamp\""))?,
+            &format!("{at}: event_timestamp"),
+        )?;
+        let created = match json.get("created_timestamp") {
+            None | Some(Value::Null) => 0,
+            Some(v) => timestamp_of(v, &format!("{at}: created_timestamp"))?,
+        };
+        let Some(Value::Object(features)) = json.get("features") else {
+            bail!("{at}: \"features\" must be an object of FIELD: value");
+        };
+        let mut values = HashMap::new();
+        for (field, value) in features {
+            let ty = types.get(field.as_str()).with_context(|| {
+                format!("{at}: feature view {:?} has no field {field:?}", view.name)
+            })?;
+            values.insert(field.clone(), value_of(value, *ty, &format!("{at}: {field}"))?);
+        }
+        rows.push(v1::FeatureRow {
+            entity_id: Some(id.into()),
+            event_timestamp: event,
+            created_timestamp: created,
+            values,
+        });
+    }
+    Ok(rows)
+}
+
+pub async fn run(mut clients: Clients, format: Format, command: FeaturesCommand) -> Result<()> {
+    match command {
+        FeaturesCommand::View(ViewCommand::Create(args)) => {
+            let view = v1::FeatureView {
+                name: args.view,
+                collection: args.collection,
+                fields: args
+                    .fields
+                    .into_iter()
+                    .map(|(name, ty)| v1::FeatureField {
+                        name,
+                        r#type: feature_type_to_wire(ty).into(),
+                    })
+                    .collect(),
+                ttl_seconds: args.ttl.unwrap_or(0),
+                history_seconds: args.history.unwrap_or(0),
+            };
+            let created = clients
+                .features
+                .create_feature_view(v1::CreateFeatureViewRequest { view: Some(view) })
+                .await?
+                .into_inner();
+            output::print(format, &ViewReport::from(created))
+        }
+        FeaturesCommand::View(ViewCommand::List { collection }) => {
+            let views = clients
+                .features
+                .list_feature_views(v1::ListFeatureViewsRequest {
+                    collection: collection.unwrap_or_default(),
+                })
+                .await?
+                .into_inner()
+                .views;
+            output::print(format, &ViewList(views.into_iter().map(Into::into).collect()))
+        }
+        FeaturesCommand::View(ViewCommand::Describe { name }) => {
+            let view = clients
+                .features
+                .describe_feature_view(v1::DescribeFeatureViewRequest { name })
+                .await?
+                .into_inner();
+            output::print(format, &ViewReport::from(view))
+        }
+        FeaturesCommand::View(ViewCommand::Drop { name }) => {
+            clients
+                .features
+                .drop_feature_view(v1::DropFeatureViewRequest { name: name.clone() })
+                .await?;
+            output::print(format, &Dropped { dropped: name })
+        }
+        FeaturesCommand::Push {
+            collection,
+            view,
+            file,
+            batch_size,
+        } => {
+            let spec = view_of(&mut clients, &collection, &view).await?;
+            let rows = read_rows(&file, &spec)?;
+            ensure!(!rows.is_empty(), "{}: no rows", file.display());
+            let mut pushed = 0;
+            for chunk in rows.chunks(batch_size as usize) {
+                let response = clients
+                    .features
+                    .push_features(v1::PushFeaturesRequest {
+                        view: view.clone(),
+                        rows: chunk.to_vec(),
+                    })
+                    .await?
+                    .into_inner();
+                ensure_acknowledged(&response.failed_shards, response.unacknowledged.len())?;
+                pushed += response.pushed;
+            }
+            output::print(format, &Pushed { pushed })
+        }
+        FeaturesCommand::Get {
+            collection,
+            features,
+            ids,
+            as_of,
+            read,
+        } => {
+            for feature in &features {
+                let (view, _) = feature
+                    .split_once(':')
+                    .with_context(|| format!("{feature:?} is not VIEW:FIELD"))?;
+                view_of(&mut clients, &collection, view).await?;
+            }
+            let as_of = as_of.as_deref().map(parse_timestamp).transpose()?;
+            let response = clients
+                .features
+                .get_online_features(v1::GetOnlineFeaturesRequest {
+                    features,
+                    entity_ids: ids.iter().cloned().map(Into::into).collect(),
+                    as_of,
+                    consistency: read.to_wire(),
+                })
+                .await?
+                .into_inner();
+            output::print(format, &OnlineReport::new(&ids, response))
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ViewReport {
+    name: String,
+    collection: String,
+    fields: Vec<FieldReport>,
+    ttl_seconds: u64,
+    history_seconds: u64,
+}
+
+#[derive(Serialize)]
+struct FieldReport {
+    name: String,
+    #[serde(rename = "type")]
+    ty: String,
+}
+
+impl From<v1::FeatureView> for ViewReport {
+    fn from(view: v1::FeatureView) -> Self {
+        ViewReport {
+            name: view.name,
+            collection: view.collection,
+            fields: view
+                .fields
+                .into_iter()
+                .map(|f| FieldReport {
+                    ty: feature_type_from_wire(f.r#type)
+                        .map_or("unspecified".to_owned(), |t| t.to_string()),
+                    name: f.name,
+                })
+                .collect(),
+            ttl_seconds: view.ttl_seconds,
+            history_seconds: view.history_seconds,
+        }
+    }
+}
+
+impl Report for ViewReport {
+    fn text(&self) -> String {
+        let fields: Vec<String> = self
+            .fields
+            .iter()
+            .map(|f| format!("{}:{}", f.name, f.ty))
+            .collect();
+        format!(
+            "name:        {}\ncollection:  {}\nfields:      {}\nttl:         {}\nhistory:     {} s",
+            self.name,
+            self.collection,
+            fields.join(" "),
+            if self.ttl_seconds == 0 {
+                "none".to_owned()
+            } else {
+                format!("{} s", self.ttl_seconds)
+            },
+            self.history_seconds
+        )
+    }
+}
+
+#[derive(Serialize)]
+#[serde(transparent)]
+struct ViewList(Vec<ViewReport>);
+
+impl Report for ViewList {
+    fn text(&self) -> String {
+        if self.0.is_empty() {
+            return "no feature views".to_owned();
+        }
+        let rows: Vec<Vec<String>> = self
+            .0
+            .iter()
+            .map(|v| {
+                vec![
+                    v.name.clone(),
+                    v.collection.clone(),
+                    v.fields.len().to_string(),
+                    v.ttl_seconds.to_string(),
+                ]
+            })
+            .collect();
+        table(&["NAME", "COLLECTION", "FIELDS", "TTL S"], &rows)
+    }
+}
+
+#[derive(Serialize)]
+struct Dropped {
+    dropped: String,
+}
+
+impl Report for Dropped {
+    fn text(&self) -> String {
+        format!("dropped feature view {}", self.dropped)
+    }
+}
+
+#[derive(Serialize)]
+struct Pushed {
+    pushed: u64,
+}
+
+impl Report for Pushed {
+    fn text(&self) -> String {
+        format!("pushed {} rows", self.pushed)
+    }
+}
+
+/// Online features, one entry per entity, each feature with value, status and event time.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct OnlineReport(Vec<EntityReport>);
+
+#[derive(Serialize)]
+struct EntityReport {
+    id: Id,
+    features: Vec<CellReport>,
+}
+
+#[derive(Serialize)]
+struct CellReport {
+    feature: String,
+    value: Value,
+    status: String,
+    event_timestamp: i64,
+}
+
+impl OnlineReport {
+    fn new(ids: &[Id], response: v1::GetOnlineFeaturesResponse) -> Self {
+        let entities = ids
+            .iter()
+            .enumerate()
+            .map(|(row, id)| EntityReport {
+                id: id.clone(),
+                features: response
+                    .feature_names
+                    .iter()
+                    .zip(&response.results)
+                    .map(|(name, column)| CellReport {
+                        feature: name.clone(),
+                        value: column.values.get(row).map_or(Value::Null, value_json),
+                        status: column
+                            .statuses
+                            .get(row)
+                            .and_then(|s| v1::FeatureStatus::try_from(*s).ok())
+                            .map_or("INVALID", |s| s.as_str_name())
+                            .trim_start_matches("FEATURE_STATUS_")
+                            .to_owned(),
+                        event_timestamp: column.event_timestamps.get(row).copied().unwrap_or(0),
+                    })
+                    .collect(),
+            })
+            .collect();
+        OnlineReport(entities)
+    }
+}
+
+impl Report for OnlineReport {
+    fn text(&self) -> String {
+        let mut rows = Vec::new();
+        for entity in &self.0 {
+            for cell in &entity.features {
+                rows.push(vec![
+                    entity.id.to_string(),
+                    cell.feature.clone(),
+                    cell.value.to_string(),
+                    cell.status.clone(),
+                    cell.event_timestamp.to_string(),
+                ]);
+            }
+        }
+        table(&["ID", "FEATURE", "VALUE", "STATUS", "EVENT TIME"], &rows)
+    }
+}

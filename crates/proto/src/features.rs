@@ -46,8 +46,9 @@ impl TryFrom<v1::FeatureView> for FeatureViewSpec {
             .into_iter()
             .map(|f| {
                 Ok(FeatureField {
-                    ty: feature_type_from_wire(f.r#type)
-                        .map_err(|e| Error::invalid(format!("field {:?}: {}", f.name, e.message)))?,
+                    ty: feature_type_from_wire(f.r#type).map_err(|e| {
+                        Error::invalid(format!("field {:?}: {}", f.name, e.message))
+                    })?,
                     name: f.name,
                 })
             })
@@ -134,7 +135,11 @@ pub fn feature_row_from_wire(view: &FeatureViewSpec, row: v1::FeatureRow) -> Res
     let values = view
         .fields
         .iter()
-        .map(|f| values.remove(&f.name).map_or(FeatureValue::Null, FeatureValue::from))
+        .map(|f| {
+            values
+                .remove(&f.name)
+                .map_or(FeatureValue::Null, FeatureValue::from)
+        })
         .collect();
     let row = FeatureRow {
         entity,

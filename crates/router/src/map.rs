@@ -82,7 +82,12 @@ impl TryFrom<internal::ShardMapResponse> for ShardMap {
                     .field_names
                     .into_iter()
                     .zip(v.field_types)
-                    .map(|(name, ty)| Ok(FeatureField { name, ty: feature_type_from_wire(ty)? }))
+                    .map(|(name, ty)| {
+                        Ok(FeatureField {
+                            name,
+                            ty: feature_type_from_wire(ty)?,
+                        })
+                    })
                     .collect::<Result<_>>()?;
                 let spec = FeatureViewSpec {
                     name: v.name.clone(),

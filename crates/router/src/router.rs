@@ -640,9 +640,11 @@ impl Router {
         if let Some(map) = self.transport.refresh().await {
             self.set_map(map);
         }
-        self.map().views.get(view).cloned().ok_or_else(|| {
-            Status::not_found(format!("feature view {view:?} does not exist"))
-        })
+        self.map()
+            .views
+            .get(view)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("feature view {view:?} does not exist")))
     }
 
     /// Writes feature rows, each on its entity's shard leader; shards in parallel. The rows
@@ -711,7 +713,9 @@ impl Router {
         let collection = self.view_collection(view).await?.collection;
         let ids = ids_from_wire(req.entity_ids.clone()).map_err(bad)?;
         let max = self.limits.max_points_per_request;
-        self.limits.check_batch("get", ids.len(), max).map_err(bad)?;
+        self.limits
+            .check_batch("get", ids.len(), max)
+            .map_err(bad)?;
         // Each entity's cells, one per feature.
         let cells = self
             .routed(&collection, |route| {
@@ -754,7 +758,11 @@ impl Router {
                                     (
                                         column.values.get(row).cloned().unwrap_or_default(),
                                         column.statuses.get(row).copied().unwrap_or_default(),
-                                        column.event_timestamps.get(row).copied().unwrap_or_default(),
+                                        column
+                                            .event_timestamps
+                                            .get(row)
+                                            .copied()
+                                            .unwrap_or_default(),
                                     )
                                 })
                                 .collect();

@@ -289,9 +289,12 @@ impl FeatureService for RouterApi {
         request: Request<v1::PushFeaturesRequest>,
     ) -> Result<Response<v1::PushFeaturesResponse>, Status> {
         no_shard(&request)?;
-        self.timed("PushFeatures", self.router.push_features(request.into_inner()))
-            .await
-            .map(Response::new)
+        self.timed(
+            "PushFeatures",
+            self.router.push_features(request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn get_online_features(

@@ -125,13 +125,15 @@ fn value_of(json: &Value, ty: FeatureType, what: &str) -> Result<v1::FeatureValu
         }
         (FeatureType::String, Value::String(s)) => Some(Kind::StringValue(s.clone())),
         (FeatureType::Bytes, Value::String(s)) => Some(Kind::BytesValue(s.clone().into_bytes())),
-        (FeatureType::FloatList, Value::Array(items)) => Some(Kind::FloatListValue(v1::FloatList {
-            values: items
-                .iter()
-                .map(|v| v.as_f64().map(|f| f as f32))
-                .collect::<Option<_>>()
-                .with_context(|| format!("{what}: a float list holds numbers only"))?,
-        })),
+        (FeatureType::FloatList, Value::Array(items)) => {
+            Some(Kind::FloatListValue(v1::FloatList {
+                values: items
+                    .iter()
+                    .map(|v| v.as_f64().map(|f| f as f32))
+                    .collect::<Option<_>>()
+                    .with_context(|| format!("{what}: a float list holds numbers only"))?,
+            }))
+        }
         (FeatureType::Timestamp, v) => Some(Kind::TimestampValue(timestamp_of(v, what)?)),
         (ty, other) => bail!("{what}: expected a {ty}, got {other}"),
     };
@@ -170,8 +172,11 @@ async fn view_of(clients: &mut Clients, collection: &str, view: &str) -> Result<
 /// The rows of a JSON Lines file, checked against `view`.
 fn read_rows(path: &PathBuf, view: &FeatureViewSpec) -> Result<Vec<v1::FeatureRow>> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let types: HashMap<&str, FeatureType> =
-        view.fields.iter().map(|f| (f.name.as_str(), f.ty)).collect();
+    let types: HashMap<&str, FeatureType> = view
+        .fields
+        .iter()
+        .map(|f| (f.name.as_str(), f.ty))
+        .collect();
     let mut rows = Vec::new();
     for (n, line) in BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("cannot read {}", path.display()))?;
@@ -199,7 +204,10 @@ fn read_rows(path: &PathBuf, view: &FeatureViewSpec) -> Result<Vec<v1::FeatureRo
             let ty = types.get(field.as_str()).with_context(|| {
                 format!("{at}: feature view {:?} has no field {field:?}", view.name)
             })?;
-            values.insert(field.clone(), value_of(value, *ty, &format!("{at}: {field}"))?);
+            values.insert(
+                field.clone(),
+                value_of(value, *ty, &format!("{at}: {field}"))?,
+            );
         }
         rows.push(v1::FeatureRow {
             entity_id: Some(id.into()),
@@ -244,7 +252,10 @@ pub async fn run(mut clients: Clients, format: Format, command: FeaturesCommand)
                 .await?
                 .into_inner()
                 .views;
-            output::print(format, &ViewList(views.into_iter().map(Into::into).collect()))
+            output::print(
+                format,
+                &ViewList(views.into_iter().map(Into::into).collect()),
+            )
         }
         FeaturesCommand::View(ViewCommand::Describe { name }) => {
             let view = clients

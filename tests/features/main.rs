@@ -1,0 +1,361 @@
+//! The feature store on a cluster of real nodes: views, pushes in any order, online reads
+//! with statuses, TTL and point-in-time (`as_of`) reads, the same answers from every replica
+//! and after a leader's kill -9, and clear errors for bad input.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use shoal_proto::v1::feature_service_client::FeatureServiceClient;
+use shoal_proto::v1::{self, feature_value::Kind};
+use shoal_tests::cluster::Cluster;
+use shoal_tests::Deadline;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const HOUR: i64 = 3_600_000_000;
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+fn int(v: i64) -> v1::FeatureValue {
+    v1::FeatureValue {
+        kind: Some(Kind::Int64Value(v)),
+    }
+}
+
+fn row(id: u64, event: i64, created: i64, trips: i64) -> v1::FeatureRow {
+    v1::FeatureRow {
+        entity_id: Some(id.into()),
+        event_timestamp: event,
+        created_timestamp: created,
+        values: HashMap::from([("trips".to_owned(), int(trips))]),
+    }
+}
+
+async fn features(cluster: &Cluster, node: u64) -> FeatureServiceClient<Channel> {
+    FeatureServiceClient::new(cluster.node(node).channel())
+}
+
+fn get(
+    ids: &[u64],
+    as_of: Option<i64>,
+    consistency: v1::Consistency,
+) -> v1::GetOnlineFeaturesRequest {
+    v1::GetOnlineFeaturesRequest {
+        features: vec!["stats:trips".into(), "stats:name".into()],
+        entity_ids: ids.iter().map(|id| (*id).into()).collect(),
+        as_of,
+        consistency: consistency.into(),
+    }
+}
+
+/// (trips value, status name, event time) per entity, for the first feature.
+fn trips(response: &v1::GetOnlineFeaturesResponse) -> Vec<(Option<i64>, &'static str, i64)> {
+    let column = &response.results[0];
+    column
+        .values
+        .iter()
+        .zip(&column.statuses)
+        .zip(&column.event_timestamps)
+        .map(|((value, status), event)| {
+            let value = match value.kind {
+                Some(Kind::Int64Value(v)) => Some(v),
+                _ => None,
+            };
+            let status = match v1::FeatureStatus::try_from(*status).unwrap() {
+                v1::FeatureStatus::Present => "present",
+                v1::FeatureStatus::NullValue => "null",
+                v1::FeatureStatus::NotFound => "not found",
+                v1::FeatureStatus::OutsideMaxAge => "outside max age",
+                v1::FeatureStatus::Invalid => "invalid",
+            };
+            (value, status, *event)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_in_any_order_read_back_newest_with_ttl_and_as_of_on_every_replica() {
+    let mut cluster = Cluster::start(3);
+    let node1 = cluster.node(1);
+    let out = node1.shoalctl(&[
+        "collection",
+        "create",
+        "drivers",
+        "--dim",
+        "4",
+        "--metric",
+        "l2",
+        "--shards",
+        "2",
+        "--replicas",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = node1.shoalctl(&[
+        "features",
+        "view",
+        "create",
+        "drivers",
+        "stats",
+        "--field",
+        "trips:int64",
+        "--field",
+        "name:string",
+        "--ttl",
+        "3600",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let now = now_micros();
+    let mut client = features(&cluster, 2).await;
+    // Out of order: entity 1's newest event arrives first, then older ones; one tie on the
+    // event time is broken by the created time. Entity 2 is older than the TTL.
+    for rows in [
+        vec![row(1, now - 10, 5, 30), row(2, now - 2 * HOUR, 0, 7)],
+        vec![row(1, now - HOUR / 2, 0, 20), row(1, now - 10, 4, 29)],
+        vec![row(1, now - HOUR / 4, 0, 25)],
+    ] {
+        let pushed = client
+            .push_features(v1::PushFeaturesRequest {
+                view: "stats".into(),
+                rows,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(pushed.failed_shards.is_empty(), "{pushed:?}");
+    }
+
+    let strong = client
+        .get_online_features(get(&[1, 2, 3], None, v1::Consistency::Strong))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(strong.feature_names, ["stats:trips", "stats:name"]);
+    assert_eq!(
+        trips(&strong),
+        [
+            (Some(30), "present", now - 10),
+            (None, "outside max age", now - 2 * HOUR),
+            (None, "not found", 0),
+        ]
+    );
+    // The pushed rows had no name: a present row's missing value is null.
+    assert_eq!(
+        strong.results[1].statuses[0],
+        v1::FeatureStatus::NullValue as i32
+    );
+    // As of a past time: the newest row at or before it, the TTL counted back from it.
+    let past = client
+        .get_online_features(get(&[1, 2], Some(now - HOUR / 3), v1::Consistency::Strong))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        trips(&past),
+        [
+            (Some(20), "present", now - HOUR / 2),
+            (None, "outside max age", now - 2 * HOUR),
+        ]
+    );
+    let before_all = client
+        .get_online_features(get(&[1], Some(now - HOUR), v1::Consistency::Strong))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(trips(&before_all), [(None, "not found", 0)]);
+
+    // Every node answers the same, also from its own replicas (eventual reads).
+    for node in 1..=3 {
+        let mut client = features(&cluster, node).await;
+        let deadline = Deadline::new(
+            format!("node {node}'s replicas to hold the pushed features"),
+            Duration::from_secs(20),
+        );
+        loop {
+            let eventual = client
+                .get_online_features(get(&[1, 2, 3], None, v1::Consistency::Eventual))
+                .await
+                .unwrap()
+                .into_inner();
+            if trips(&eventual) == trips(&strong) {
+                break;
+            }
+            deadline.pause(&trips(&eventual)).await;
+        }
+    }
+
+    // Acknowledged pushes survive a kill -9 of a shard leader.
+    let leader = cluster.leader("drivers").await;
+    cluster.kill9(leader);
+    let survivor = (1..=3).find(|n| *n != leader).unwrap();
+    let mut client = features(&cluster, survivor).await;
+    let deadline = Deadline::new(
+        "features after the leader's kill -9",
+        Duration::from_secs(30),
+    );
+    loop {
+        match client
+            .get_online_features(get(&[1, 2, 3], None, v1::Consistency::Strong))
+            .await
+        {
+            Ok(after) if trips(after.get_ref()) == trips(&strong) => break,
+            other => deadline.pause(&other).await,
+        }
+    }
+    cluster.restart(leader);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_feature_input_gets_clear_errors_and_changes_nothing() {
+    let cluster = Cluster::start(1);
+    let node = cluster.node(1);
+    let out = node.shoalctl(&[
+        "collection",
+        "create",
+        "drivers",
+        "--dim",
+        "4",
+        "--metric",
+        "l2",
+        "--shards",
+        "2",
+    ]);
+    assert!(out.status.success());
+    let create = |args: &[&str]| {
+        let mut full = vec!["features", "view", "create"];
+        full.extend_from_slice(args);
+        node.shoalctl(&full)
+    };
+    assert!(create(&["drivers", "stats", "--field", "trips:int64"])
+        .status
+        .success());
+    for (args, message) in [
+        (
+            vec!["drivers", "stats", "--field", "x:int64"],
+            "already exists",
+        ),
+        (
+            vec!["nope", "other", "--field", "x:int64"],
+            "does not exist",
+        ),
+        (
+            vec!["drivers", "other", "--field", "x:decimal"],
+            "unknown feature type",
+        ),
+        (
+            vec![
+                "drivers", "other", "--field", "x:int64", "--field", "x:bool",
+            ],
+            "appears twice",
+        ),
+    ] {
+        let out = create(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+
+    let mut client = features(&cluster, 1).await;
+    let push = |rows: Vec<v1::FeatureRow>, view: &str| v1::PushFeaturesRequest {
+        view: view.into(),
+        rows,
+    };
+    let mut wrong_type = row(1, 10, 0, 1);
+    wrong_type.values.insert(
+        "trips".into(),
+        v1::FeatureValue {
+            kind: Some(Kind::StringValue("many".into())),
+        },
+    );
+    let mut unknown_field = row(2, 10, 0, 1);
+    unknown_field.values.insert("speed".into(), int(3));
+    for (request, code, message) in [
+        (
+            push(vec![row(1, 10, 0, 1)], "nope"),
+            Code::NotFound,
+            "does not exist",
+        ),
+        // One bad row among good ones fails the whole push.
+        (
+            push(vec![row(3, 10, 0, 1), wrong_type], "stats"),
+            Code::InvalidArgument,
+            "is int64",
+        ),
+        (
+            push(vec![row(3, 10, 0, 1), unknown_field], "stats"),
+            Code::InvalidArgument,
+            "no field",
+        ),
+        (push(vec![], "stats"), Code::InvalidArgument, "empty"),
+    ] {
+        let status = client.push_features(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{status}");
+        assert!(status.message().contains(message), "{status}");
+    }
+    let read = client
+        .get_online_features(v1::GetOnlineFeaturesRequest {
+            features: vec!["stats:trips".into()],
+            entity_ids: vec![1u64.into(), 2u64.into(), 3u64.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        trips(&read)
+            .iter()
+            .all(|(_, status, _)| *status == "not found"),
+        "nothing of a refused push is stored: {read:?}"
+    );
+    for (features, message) in [
+        (vec!["stats:speed"], "no field"),
+        (vec!["nope:trips"], "does not exist"),
+        (vec!["trips"], "VIEW:FIELD"),
+    ] {
+        let status = client
+            .get_online_features(v1::GetOnlineFeaturesRequest {
+                features: features.iter().map(|f| f.to_string()).collect(),
+                entity_ids: vec![1u64.into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(status.message().contains(message), "{features:?}: {status}");
+    }
+
+    // shoalctl: a malformed timestamp in a push file, and a view of another collection.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rows.jsonl");
+    std::fs::write(
+        &file,
+        "{\"id\": 1, \"event_timestamp\": \"yesterday\", \"features\": {\"trips\": 1}}\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let out = node.shoalctl(&["features", "push", "drivers", "stats", "--file", file]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("neither RFC 3339"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = node.shoalctl(&["features", "get", "other", "stats:trips", "--ids", "1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to collection"));
+}

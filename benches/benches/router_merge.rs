@@ -17,7 +17,7 @@ fn lists(shards: usize, k: usize) -> Vec<Vec<v1::ScoredPoint>> {
                 .map(|_| v1::ScoredPoint {
                     id: Some(rng.random::<u64>().into()),
                     score: rng.random(),
-                    vector: Vec::new(),
+                    ..Default::default()
                 })
                 .collect();
             list.sort_by(|a, b| rank(Metric::Cosine, (a.score(), &a.id()), (b.score(), &b.id())));

@@ -359,3 +359,146 @@ async fn bad_feature_input_gets_clear_errors_and_changes_nothing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to collection"));
 }
+
+/// A search returns each hit's features, read on the replica that found it, through the
+/// router's merge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn search_hits_carry_their_features() {
+    let cluster = Cluster::start(2);
+    let node = cluster.node(1);
+    let out = node.shoalctl(&[
+        "collection",
+        "create",
+        "drivers",
+        "--dim",
+        "2",
+        "--metric",
+        "l2",
+        "--shards",
+        "3",
+        "--replicas",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = node.shoalctl(&[
+        "features",
+        "view",
+        "create",
+        "drivers",
+        "stats",
+        "--field",
+        "trips:int64",
+        "--field",
+        "name:string",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut points = shoal_proto::v1::point_service_client::PointServiceClient::new(node.channel());
+    let upserted = points
+        .upsert(v1::UpsertRequest {
+            collection: "drivers".into(),
+            points: (0..20u64)
+                .map(|id| v1::Point {
+                    id: Some(id.into()),
+                    vector: vec![id as f32, 0.0],
+                })
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(upserted.failed_shards.is_empty());
+    // Features for even ids only: trips = 100 + id.
+    let mut client = features(&cluster, 2).await;
+    let now = now_micros();
+    client
+        .push_features(v1::PushFeaturesRequest {
+            view: "stats".into(),
+            rows: (0..20u64)
+                .step_by(2)
+                .map(|id| row(id, now, 0, 100 + id as i64))
+                .collect(),
+        })
+        .await
+        .unwrap();
+
+    let response = points
+        .search(v1::SearchRequest {
+            collection: "drivers".into(),
+            queries: vec![v1::Vector {
+                values: vec![0.0, 0.0],
+            }],
+            k: 6,
+            with_features: vec!["stats:trips".into(), "stats:name".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let hits = &response.results[0].hits;
+    assert_eq!(hits.len(), 6);
+    for (rank, hit) in hits.iter().enumerate() {
+        let id = rank as u64;
+        assert_eq!(hit.id, Some(id.into()));
+        assert_eq!(hit.feature_values.len(), 2, "{hit:?}");
+        if id % 2 == 0 {
+            assert_eq!(hit.feature_values[0], int(100 + id as i64), "{hit:?}");
+            assert_eq!(hit.feature_statuses[0], v1::FeatureStatus::Present as i32);
+            assert_eq!(hit.feature_statuses[1], v1::FeatureStatus::NullValue as i32);
+            assert_eq!(hit.feature_timestamps[0], now);
+        } else {
+            assert_eq!(hit.feature_statuses[0], v1::FeatureStatus::NotFound as i32);
+        }
+    }
+
+    // A view of another collection is refused.
+    let out = node.shoalctl(&[
+        "collection",
+        "create",
+        "other",
+        "--dim",
+        "2",
+        "--metric",
+        "l2",
+    ]);
+    assert!(out.status.success());
+    let refused = points
+        .search(v1::SearchRequest {
+            collection: "other".into(),
+            queries: vec![v1::Vector {
+                values: vec![0.0, 0.0],
+            }],
+            k: 3,
+            with_features: vec!["stats:trips".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
+
+    // shoalctl prints them.
+    let printed = node.shoalctl_json(&[
+        "search",
+        "drivers",
+        "--vector",
+        "0,0",
+        "--k",
+        "2",
+        "--with-features",
+        "stats:trips",
+    ]);
+    assert_eq!(
+        printed,
+        serde_json::json!([[
+            {"id": 0, "score": 0.0, "features": {"stats:trips": 100}},
+            {"id": 1, "score": 1.0, "features": {"stats:trips": null}},
+        ]])
+    );
+}

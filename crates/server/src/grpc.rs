@@ -261,15 +261,11 @@ impl ShardExec {
             .map(Response::into_inner)
     }
 
-    async fn features(
-        &self,
-        shard: ShardRef,
-        req: v1::GetOnlineFeaturesRequest,
-        hops: u32,
-    ) -> Result<v1::GetOnlineFeaturesResponse, Status> {
-        // Every reference resolved: its view and field position.
-        let mut refs = Vec::with_capacity(req.features.len());
-        for name in &req.features {
+    /// Resolves `VIEW:FIELD` references to their views and field positions; every view must
+    /// belong to one collection, which is returned.
+    async fn feature_refs(&self, names: &[String]) -> Result<(String, Vec<FeatureRef>), Status> {
+        let mut refs = Vec::with_capacity(names.len());
+        for name in names {
             let (view, field) = name.split_once(':').ok_or_else(|| {
                 Status::invalid_argument(format!("feature reference {name:?} is not VIEW:FIELD"))
             })?;
@@ -280,77 +276,36 @@ impl ShardExec {
                     view.spec.name
                 ))
             })?;
-            refs.push((view, index));
+            refs.push(FeatureRef { view, index });
         }
         let collection = refs
             .first()
-            .map(|(v, _)| v.spec.collection.clone())
+            .map(|r| r.view.spec.collection.clone())
             .ok_or_else(|| Status::invalid_argument("no features asked for"))?;
-        if let Some((other, _)) = refs.iter().find(|(v, _)| v.spec.collection != collection) {
+        if let Some(other) = refs.iter().find(|r| r.view.spec.collection != collection) {
             return Err(Status::invalid_argument(format!(
                 "feature views {:?} and {:?} belong to different collections; ask for one \
                  collection's features per request",
-                refs[0].0.spec.name, other.spec.name
+                refs[0].view.spec.name, other.view.spec.name
             )));
         }
+        Ok((collection, refs))
+    }
+
+    async fn features(
+        &self,
+        shard: ShardRef,
+        req: v1::GetOnlineFeaturesRequest,
+        hops: u32,
+    ) -> Result<v1::GetOnlineFeaturesResponse, Status> {
+        let (collection, refs) = self.feature_refs(&req.features).await?;
         let want = Want::of(req.consistency)?;
         match self.route(&collection, shard, want, true).await? {
             (shards, Target::Local(local)) => {
                 let ids = ids_from_wire(req.entity_ids.clone()).map_err(bad)?;
                 Self::check_shard(&ids, shard, shards)?;
-                let now = now_micros();
-                let (as_of, name) = (req.as_of, collection.clone());
-                let specs: Vec<(u64, FeatureViewSpec)> = {
-                    let mut seen = Vec::new();
-                    for (v, _) in &refs {
-                        if !seen.iter().any(|(id, _)| *id == v.id) {
-                            seen.push((v.id, v.spec.clone()));
-                        }
-                    }
-                    seen
-                };
-                let views: Vec<u64> = specs.iter().map(|(id, _)| *id).collect();
-                let rows = Self::blocking(local.shard(), move |shard| {
-                    views
-                        .iter()
-                        .map(|view| shard.feature_rows(&name, *view, &ids, as_of))
-                        .collect::<shoal_types::Result<Vec<_>>>()
-                })
-                .await?;
-                let results = refs
-                    .iter()
-                    .map(|(view, index)| {
-                        let at = specs.iter().position(|(id, _)| *id == view.id).unwrap_or(0);
-                        let horizon = as_of.unwrap_or(now);
-                        let ttl = i64::try_from(view.spec.ttl_seconds.saturating_mul(1_000_000))
-                            .unwrap_or(i64::MAX);
-                        let mut column = v1::FeatureColumn::default();
-                        for row in &rows[at] {
-                            let (value, status, event) = match row {
-                                None => (FeatureValue::Null, FeatureStatus::NotFound, 0),
-                                Some((event, _))
-                                    if ttl > 0 && horizon.saturating_sub(*event) > ttl =>
-                                {
-                                    (FeatureValue::Null, FeatureStatus::OutsideMaxAge, *event)
-                                }
-                                Some((event, values)) => {
-                                    let value =
-                                        values.get(*index).cloned().unwrap_or(FeatureValue::Null);
-                                    let status = if value == FeatureValue::Null {
-                                        FeatureStatus::NullValue
-                                    } else {
-                                        FeatureStatus::Present
-                                    };
-                                    (value, status, *event)
-                                }
-                            };
-                            column.values.push(value.into());
-                            column.statuses.push(feature_status_to_wire(status).into());
-                            column.event_timestamps.push(event);
-                        }
-                        column
-                    })
-                    .collect();
+                let results =
+                    feature_columns(local.shard(), collection, refs, ids, req.as_of).await?;
                 Ok(v1::GetOnlineFeaturesResponse {
                     feature_names: req.features.clone(),
                     results,
@@ -601,7 +556,7 @@ impl ShardExec {
             (shards, Target::Local(local)) => {
                 let ids = ids_from_wire(req.ids).map_err(bad)?;
                 Self::check_shard(&ids, shard, shards)?;
-                let (collection, with_vectors) = (req.collection, req.with_vectors);
+                let (collection, with_vectors) = (req.collection.clone(), req.with_vectors);
                 let (points, missing) = Self::blocking(local.shard(), move |shard| {
                     shard.get(&collection, &ids, with_vectors)
                 })
@@ -654,6 +609,20 @@ impl ShardExec {
         let want = Want::of(req.consistency)?;
         match self.route(&req.collection, shard, want, true).await? {
             (_, Target::Local(local)) => {
+                // Features asked for are read from the same replica after the search.
+                let with_features = if req.with_features.is_empty() {
+                    None
+                } else {
+                    let (collection, refs) = self.feature_refs(&req.with_features).await?;
+                    if collection != req.collection {
+                        return Err(Status::invalid_argument(format!(
+                            "with_features names views of collection {collection:?}, not of \
+                             {:?}",
+                            req.collection
+                        )));
+                    }
+                    Some(refs)
+                };
                 let shard = local.shard();
                 let params = search_params_from_wire(req.params);
                 let queries: Vec<Vec<f32>> = req.queries.into_iter().map(|q| q.values).collect();
@@ -664,7 +633,7 @@ impl ShardExec {
                     Status::invalid_argument("k + offset must be at most the node's limits.max_k")
                 })?;
                 let offset = req.offset as usize;
-                let (collection, with_vectors) = (req.collection, req.with_vectors);
+                let (collection, with_vectors) = (req.collection.clone(), req.with_vectors);
                 let mut results = self
                     .search_pool
                     .run(move || shard.search(&collection, &queries, k, &params, with_vectors))
@@ -674,7 +643,38 @@ impl ShardExec {
                 for hits in &mut results {
                     hits.drain(..offset.min(hits.len()));
                 }
-                Ok(search_response(results))
+                let mut response = search_response(results);
+                if let Some(refs) = with_features {
+                    let hits: Vec<&mut v1::ScoredPoint> = response
+                        .results
+                        .iter_mut()
+                        .flat_map(|r| r.hits.iter_mut())
+                        .collect();
+                    let ids = hits
+                        .iter()
+                        .map(|h| PointId::try_from(h.id.clone().unwrap_or_default()))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(bad)?;
+                    let columns =
+                        feature_columns(local.shard(), req.collection.clone(), refs, ids, None)
+                            .await?;
+                    for (row, hit) in hits.into_iter().enumerate() {
+                        for column in &columns {
+                            hit.feature_values
+                                .push(column.values.get(row).cloned().unwrap_or_default());
+                            hit.feature_statuses
+                                .push(column.statuses.get(row).copied().unwrap_or_default());
+                            hit.feature_timestamps.push(
+                                column
+                                    .event_timestamps
+                                    .get(row)
+                                    .copied()
+                                    .unwrap_or_default(),
+                            );
+                        }
+                    }
+                }
+                Ok(response)
             }
             (_, Target::Remote(targets)) => self
                 .cluster
@@ -693,6 +693,66 @@ fn now_micros() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or_default()
+}
+
+/// A feature a request names: its view and the field's position.
+struct FeatureRef {
+    view: shoal_raft::FeatureView,
+    index: usize,
+}
+
+/// The columns of `refs` for `ids` (one cell per id, in order) from `shard`'s rows, with the
+/// views' TTL applied at `as_of` (or now).
+async fn feature_columns(
+    shard: Arc<Shard>,
+    collection: String,
+    refs: Vec<FeatureRef>,
+    ids: Vec<PointId>,
+    as_of: Option<i64>,
+) -> Result<Vec<v1::FeatureColumn>, Status> {
+    let now = now_micros();
+    let mut views: Vec<u64> = refs.iter().map(|r| r.view.id).collect();
+    views.sort_unstable();
+    views.dedup();
+    let read_views = views.clone();
+    let rows = ShardExec::blocking(shard, move |shard| {
+        read_views
+            .iter()
+            .map(|view| shard.feature_rows(&collection, *view, &ids, as_of))
+            .collect::<shoal_types::Result<Vec<_>>>()
+    })
+    .await?;
+    let horizon = as_of.unwrap_or(now);
+    Ok(refs
+        .iter()
+        .map(|r| {
+            let at = views.iter().position(|id| *id == r.view.id).unwrap_or(0);
+            let ttl = i64::try_from(r.view.spec.ttl_seconds.saturating_mul(1_000_000))
+                .unwrap_or(i64::MAX);
+            let mut column = v1::FeatureColumn::default();
+            for row in &rows[at] {
+                let (value, status, event) = match row {
+                    None => (FeatureValue::Null, FeatureStatus::NotFound, 0),
+                    Some((event, _)) if ttl > 0 && horizon.saturating_sub(*event) > ttl => {
+                        (FeatureValue::Null, FeatureStatus::OutsideMaxAge, *event)
+                    }
+                    Some((event, values)) => {
+                        let value = values.get(r.index).cloned().unwrap_or(FeatureValue::Null);
+                        let status = if value == FeatureValue::Null {
+                            FeatureStatus::NullValue
+                        } else {
+                            FeatureStatus::Present
+                        };
+                        (value, status, *event)
+                    }
+                };
+                column.values.push(value.into());
+                column.statuses.push(feature_status_to_wire(status).into());
+                column.event_timestamps.push(event);
+            }
+            column
+        })
+        .collect())
 }
 
 fn collection_info(d: CollectionDescription) -> v1::CollectionInfo {
@@ -739,6 +799,7 @@ fn search_response(results: Vec<Vec<shoal_shard::SearchHit>>) -> v1::SearchRespo
                         id: Some(h.id.into()),
                         score: h.score,
                         vector: h.vector.unwrap_or_default(),
+                        ..Default::default()
                     })
                     .collect(),
             })

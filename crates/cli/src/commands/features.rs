@@ -140,7 +140,8 @@ fn value_of(json: &Value, ty: FeatureType, what: &str) -> Result<v1::FeatureValu
     Ok(v1::FeatureValue { kind })
 }
 
-fn value_json(value: &v1::FeatureValue) -> Value {
+/// A feature value as JSON (bytes as text, timestamps as microseconds).
+pub fn value_json(value: &v1::FeatureValue) -> Value {
     match &value.kind {
         None => Value::Null,
         Some(Kind::BoolValue(b)) => Value::from(*b),

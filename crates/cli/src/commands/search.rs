@@ -1,5 +1,6 @@
 //! `shoalctl search`: k-nearest-neighbour search for one vector or a file of queries.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{ensure, Result};
@@ -34,6 +35,9 @@ pub struct SearchArgs {
     /// warning.
     #[arg(long)]
     require_all_shards: bool,
+    /// Features to print with every hit, VIEW:FIELD (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    with_features: Vec<String>,
     #[command(flatten)]
     params: SearchParamsArgs,
     /// Also print the vectors of the hits.
@@ -96,6 +100,7 @@ pub async fn run(mut clients: Clients, format: Format, args: SearchArgs) -> Resu
             consistency: args.read.to_wire(),
             offset: args.offset,
             require_all_shards: args.require_all_shards,
+            with_features: args.with_features.clone(),
         };
         let response = clients.points.search(request).await?.into_inner();
         if !response.missing_shards.is_empty() {
@@ -115,10 +120,19 @@ pub async fn run(mut clients: Clients, format: Format, args: SearchArgs) -> Resu
                 .hits
                 .into_iter()
                 .map(|hit| {
+                    let features: BTreeMap<String, serde_json::Value> = args
+                        .with_features
+                        .iter()
+                        .zip(&hit.feature_values)
+                        .map(|(name, value)| {
+                            (name.clone(), crate::commands::features::value_json(value))
+                        })
+                        .collect();
                     Ok(Hit {
                         id: Id::from_wire(hit.id)?,
                         score: hit.score,
                         vector: args.with_vectors.then_some(hit.vector),
+                        features,
                     })
                 })
                 .collect::<Result<_>>()?;
@@ -134,6 +148,8 @@ struct Hit {
     score: f32,
     #[serde(skip_serializing_if = "Option::is_none")]
     vector: Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    features: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -157,15 +173,26 @@ impl Report for SearchReport {
                             hit.score.to_string(),
                         ];
                         row.extend(hit.vector.as_deref().map(vector_text));
+                        if !hit.features.is_empty() {
+                            row.push(
+                                hit.features
+                                    .iter()
+                                    .map(|(k, v)| format!("{k}={v}"))
+                                    .collect::<Vec<_>>()
+                                    .join(" "),
+                            );
+                        }
                         row
                     })
                     .collect();
-                let headers: &[&str] = if hits.iter().any(|h| h.vector.is_some()) {
-                    &["RANK", "ID", "SCORE", "VECTOR"]
-                } else {
-                    &["RANK", "ID", "SCORE"]
-                };
-                let body = table(headers, &rows);
+                let mut headers = vec!["RANK", "ID", "SCORE"];
+                if hits.iter().any(|h| h.vector.is_some()) {
+                    headers.push("VECTOR");
+                }
+                if hits.iter().any(|h| !h.features.is_empty()) {
+                    headers.push("FEATURES");
+                }
+                let body = table(&headers, &rows);
                 if many {
                     format!("query {i}:\n{body}")
                 } else {
@@ -211,11 +238,13 @@ mod tests {
                     id: Id(PointId::Num(3)),
                     score: 0.5,
                     vector: None,
+                    features: BTreeMap::new(),
                 },
                 Hit {
                     id: Id(PointId::Str("a".into())),
                     score: 1.0,
                     vector: None,
+                    features: BTreeMap::new(),
                 },
             ],
             vec![],

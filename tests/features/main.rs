@@ -448,7 +448,7 @@ async fn search_hits_carry_their_features() {
         let id = rank as u64;
         assert_eq!(hit.id, Some(id.into()));
         assert_eq!(hit.feature_values.len(), 2, "{hit:?}");
-        if id % 2 == 0 {
+        if id.is_multiple_of(2) {
             assert_eq!(hit.feature_values[0], int(100 + id as i64), "{hit:?}");
             assert_eq!(hit.feature_statuses[0], v1::FeatureStatus::Present as i32);
             assert_eq!(hit.feature_statuses[1], v1::FeatureStatus::NullValue as i32);

@@ -502,3 +502,169 @@ async fn search_hits_carry_their_features() {
         ]])
     );
 }
+
+/// POSTs `body` to `path` on `addr` without a content type (as Feast's SDK may), and returns
+/// the status code and the body parsed as JSON (`Null` when empty).
+fn http_post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, payload) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let json = if payload.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(payload).unwrap_or_else(|e| panic!("{e}: {payload}"))
+    };
+    (status, json)
+}
+
+/// The Feast feature server's HTTP API on the node's HTTP port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_feast_http_api_writes_and_reads_features() {
+    let cluster = Cluster::start(1);
+    let node = cluster.node(1);
+    let out = node.shoalctl(&[
+        "collection",
+        "create",
+        "drivers",
+        "--dim",
+        "2",
+        "--metric",
+        "l2",
+        "--shards",
+        "2",
+    ]);
+    assert!(out.status.success());
+    let out = node.shoalctl(&[
+        "features",
+        "view",
+        "create",
+        "drivers",
+        "driver_stats",
+        "--field",
+        "conv_rate:double",
+        "--field",
+        "trips:int64",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let http = node.http;
+    assert_eq!(
+        shoal_tests::http_get(http, "/health").map(|(code, _)| code),
+        Some(200)
+    );
+
+    // Feast's remote online store: pandas' to_dict() columns, {row index: value}.
+    let (code, body) = http_post(
+        http,
+        "/write-to-online-store",
+        r#"{"feature_view_name": "driver_stats", "allow_registry_cache": true, "df": {
+            "id": {"0": 1001, "1": 1002},
+            "event_timestamp": {"0": "2021-04-12 10:59:42+00:00", "1": "2021-04-12 10:59:42+00:00"},
+            "created": {"0": "2021-04-12 11:00:00+00:00", "1": null},
+            "conv_rate": {"0": 0.5, "1": 0.25},
+            "trips": {"0": 10, "1": 20}}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    // A push source, column lists; a newer row for 1001.
+    let (code, body) = http_post(
+        http,
+        "/push",
+        r#"{"push_source_name": "driver_stats", "to": "online", "df": {
+            "id": [1001], "event_timestamp": ["2021-04-12T12:00:00Z"], "conv_rate": [0.75]}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+
+    let (code, body) = http_post(
+        http,
+        "/get-online-features",
+        r#"{"features": ["driver_stats:conv_rate", "driver_stats:trips"],
+            "entities": {"id": [1001, 1002, 1003]}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["metadata"]["feature_names"],
+        serde_json::json!(["id", "conv_rate", "trips"])
+    );
+    let results = &body["results"];
+    assert_eq!(results[0]["values"], serde_json::json!([1001, 1002, 1003]));
+    assert_eq!(results[1]["values"], serde_json::json!([0.75, 0.25, null]));
+    assert_eq!(
+        results[1]["statuses"],
+        serde_json::json!(["PRESENT", "PRESENT", "NOT_FOUND"])
+    );
+    assert_eq!(
+        results[1]["event_timestamps"][0],
+        "2021-04-12T12:00:00.000000Z"
+    );
+    // The newer row for 1001 has no trips: null, not the older row's value.
+    assert_eq!(results[2]["values"], serde_json::json!([null, 20, null]));
+    assert_eq!(
+        results[2]["statuses"],
+        serde_json::json!(["NULL_VALUE", "PRESENT", "NOT_FOUND"])
+    );
+    let (_, full) = http_post(
+        http,
+        "/get-online-features",
+        r#"{"features": ["driver_stats:trips"], "entities": {"id": [1002]},
+            "full_feature_names": true}"#,
+    );
+    assert_eq!(
+        full["metadata"]["feature_names"],
+        serde_json::json!(["id", "driver_stats__trips"])
+    );
+
+    // Bad input: a clear error and its HTTP status.
+    for (path, body, code, message) in [
+        (
+            "/get-online-features",
+            r#"{"features": ["nope:x"], "entities": {"id": [1]}}"#,
+            404,
+            "does not exist",
+        ),
+        (
+            "/get-online-features",
+            r#"{"features": ["driver_stats:trips"], "entities": {"driver_id": [1]}}"#,
+            422,
+            "entity key",
+        ),
+        ("/get-online-features", "not json", 422, "not JSON"),
+        (
+            "/push",
+            r#"{"push_source_name": "driver_stats", "to": "offline", "df": {}}"#,
+            422,
+            "online store",
+        ),
+        (
+            "/push",
+            r#"{"push_source_name": "driver_stats", "df": {"id": [1], "event_timestamp": ["soon"]}}"#,
+            422,
+            "neither RFC 3339",
+        ),
+        (
+            "/write-to-online-store",
+            r#"{"feature_view_name": "driver_stats", "df": {"id": [1], "event_timestamp": [1], "speed": [3]}}"#,
+            422,
+            "no field",
+        ),
+    ] {
+        let (status, reply) = http_post(http, path, body);
+        assert_eq!(status, code, "{path} {body}: {reply}");
+        let detail = reply["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(message), "{path} {body}: {reply}");
+    }
+}

@@ -7,6 +7,7 @@
 
 mod convert;
 mod features;
+pub mod json;
 mod status;
 
 pub use convert::{ids_from_wire, metric_from_wire, metric_to_wire, search_params_from_wire};

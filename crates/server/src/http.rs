@@ -1,5 +1,6 @@
-//! The operations endpoint: `/metrics` (Prometheus text format), `/healthz` (the process is
-//! alive) and `/readyz` (the node serves requests; 503 while starting or draining).
+//! The HTTP port: `/metrics` (Prometheus text format), `/healthz` (the process is alive),
+//! `/readyz` (the node serves requests; 503 while starting or draining), and whatever
+//! `extra` routes the caller adds (a node: the Feast-compatible API, see `feast`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,13 +49,15 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Registry,
     ready: Arc<AtomicBool>,
+    extra: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(Ops { registry, ready });
+        .with_state(Ops { registry, ready })
+        .merge(extra);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

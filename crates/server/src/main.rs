@@ -8,6 +8,7 @@
 mod cluster;
 mod cluster_api;
 mod config;
+mod feast;
 mod grpc;
 mod http;
 mod node;

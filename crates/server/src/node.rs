@@ -26,6 +26,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::cluster::{Cluster, ShardEnv};
 use crate::cluster_api::ClusterApi;
 use crate::config::Config;
+use crate::feast;
 use crate::grpc::Api;
 use crate::http;
 use crate::raft_metrics::RaftMetrics;
@@ -40,10 +41,12 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
     let grpc_listener = http::bind(config.node.listen).await?;
     let http_listener = http::bind(config.node.http).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let feast_api = feast::Slot::default();
     let http_server = tokio::spawn(http::serve(
         http_listener,
         registry.clone(),
         ready.clone(),
+        feast::routes(feast_api.clone()),
         wait_for(stop_rx.clone()),
     ));
 
@@ -102,6 +105,7 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
     ))?;
     let max = config.limits.max_message_bytes;
     let api = Api::new(cluster.clone(), search_pool, &registry, max)?;
+    let _ = feast_api.set(api.clone());
     let cluster_api = ClusterApi::new(cluster.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -391,6 +391,7 @@ pub async fn run(config: Config, seeds: Vec<String>) -> anyhow::Result<()> {
         http_listener,
         registry.clone(),
         ready.clone(),
+        axum::Router::new(),
         crate::node::wait_for(stop_rx.clone()),
     ));
 

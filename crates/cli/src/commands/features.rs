@@ -9,8 +9,8 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde_json::Value;
-use shoal_proto::v1::{self, feature_value::Kind};
-use shoal_proto::{feature_type_from_wire, feature_type_to_wire};
+use shoal_proto::v1;
+use shoal_proto::{feature_type_from_wire, feature_type_to_wire, json};
 use shoal_types::{FeatureType, FeatureViewSpec};
 
 use crate::client::Clients;
@@ -93,65 +93,11 @@ fn parse_field(arg: &str) -> Result<(String, FeatureType), String> {
 
 /// A timestamp given as RFC 3339 or as microseconds since the epoch.
 pub fn parse_timestamp(text: &str) -> Result<i64> {
-    if let Ok(micros) = text.trim().parse::<i64>() {
-        return Ok(micros);
-    }
-    let at = chrono::DateTime::parse_from_rfc3339(text.trim()).with_context(|| {
-        format!("timestamp {text:?} is neither RFC 3339 nor microseconds since the epoch")
-    })?;
-    Ok(at.timestamp_micros())
+    Ok(json::parse_timestamp(text)?)
 }
 
 fn timestamp_of(value: &Value, what: &str) -> Result<i64> {
-    match value {
-        Value::Number(n) => n
-            .as_i64()
-            .with_context(|| format!("{what}: {n} is not whole microseconds")),
-        Value::String(s) => parse_timestamp(s),
-        other => bail!("{what}: expected RFC 3339 text or microseconds, got {other}"),
-    }
-}
-
-/// A JSON value as a feature value of type `ty`.
-fn value_of(json: &Value, ty: FeatureType, what: &str) -> Result<v1::FeatureValue> {
-    let kind = match (ty, json) {
-        (_, Value::Null) => None,
-        (FeatureType::Bool, Value::Bool(b)) => Some(Kind::BoolValue(*b)),
-        (FeatureType::Int64, Value::Number(n)) if n.is_i64() => {
-            Some(Kind::Int64Value(n.as_i64().unwrap_or_default()))
-        }
-        (FeatureType::Double, Value::Number(n)) => {
-            Some(Kind::DoubleValue(n.as_f64().unwrap_or_default()))
-        }
-        (FeatureType::String, Value::String(s)) => Some(Kind::StringValue(s.clone())),
-        (FeatureType::Bytes, Value::String(s)) => Some(Kind::BytesValue(s.clone().into_bytes())),
-        (FeatureType::FloatList, Value::Array(items)) => {
-            Some(Kind::FloatListValue(v1::FloatList {
-                values: items
-                    .iter()
-                    .map(|v| v.as_f64().map(|f| f as f32))
-                    .collect::<Option<_>>()
-                    .with_context(|| format!("{what}: a float list holds numbers only"))?,
-            }))
-        }
-        (FeatureType::Timestamp, v) => Some(Kind::TimestampValue(timestamp_of(v, what)?)),
-        (ty, other) => bail!("{what}: expected a {ty}, got {other}"),
-    };
-    Ok(v1::FeatureValue { kind })
-}
-
-/// A feature value as JSON (bytes as text, timestamps as microseconds).
-pub fn value_json(value: &v1::FeatureValue) -> Value {
-    match &value.kind {
-        None => Value::Null,
-        Some(Kind::BoolValue(b)) => Value::from(*b),
-        Some(Kind::Int64Value(i)) => Value::from(*i),
-        Some(Kind::DoubleValue(d)) => Value::from(*d),
-        Some(Kind::StringValue(s)) => Value::from(s.clone()),
-        Some(Kind::BytesValue(b)) => Value::from(String::from_utf8_lossy(b).into_owned()),
-        Some(Kind::FloatListValue(l)) => Value::from(l.values.clone()),
-        Some(Kind::TimestampValue(t)) => Value::from(*t),
-    }
+    Ok(json::timestamp_from_json(value, what)?)
 }
 
 async fn view_of(clients: &mut Clients, collection: &str, view: &str) -> Result<FeatureViewSpec> {
@@ -207,7 +153,7 @@ fn read_rows(path: &PathBuf, view: &FeatureViewSpec) -> Result<Vec<v1::FeatureRo
             })?;
             values.insert(
                 field.clone(),
-                value_of(value, *ty, &format!("{at}: {field}"))?,
+                json::feature_value_from_json(value, *ty, &format!("{at}: {field}"))?,
             );
         }
         rows.push(v1::FeatureRow {
@@ -463,7 +409,10 @@ impl OnlineReport {
                     .zip(&response.results)
                     .map(|(name, column)| CellReport {
                         feature: name.clone(),
-                        value: column.values.get(row).map_or(Value::Null, value_json),
+                        value: column
+                            .values
+                            .get(row)
+                            .map_or(Value::Null, json::feature_value_to_json),
                         status: column
                             .statuses
                             .get(row)

@@ -125,7 +125,10 @@ pub async fn run(mut clients: Clients, format: Format, args: SearchArgs) -> Resu
                         .iter()
                         .zip(&hit.feature_values)
                         .map(|(name, value)| {
-                            (name.clone(), crate::commands::features::value_json(value))
+                            (
+                                name.clone(),
+                                shoal_proto::json::feature_value_to_json(value),
+                            )
                         })
                         .collect();
                     Ok(Hit {

@@ -22,7 +22,7 @@ export SHOAL_GLOVE ?= $(CURDIR)/data/glove-50.npy
 
 CARGO ?= cargo
 
-.PHONY: help setup build data lint test demo bench bench-cluster bench-shards clean-data
+.PHONY: help setup build data lint test demo bench bench-cluster bench-shards clean-data feast-venv
 
 help:
 	@echo "make setup       install missing apt packages (as root), check CPU and Rust"
@@ -49,7 +49,13 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test: setup build data
+# Feast's SDK, pinned, for the test that drives Shoal through Feast's remote online store.
+FEAST_VERSION ?= 0.67.0
+feast-venv:
+	test -x .venv-feast/bin/python || python3 -m venv .venv-feast
+	.venv-feast/bin/pip install -q "feast==$(FEAST_VERSION)"
+
+test: setup build data feast-venv
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

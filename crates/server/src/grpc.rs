@@ -223,8 +223,6 @@ impl ShardExec {
         hops: u32,
     ) -> Result<v1::PushFeaturesResponse, Status> {
         let view = self.cluster.feature_view(&req.view).await.map_err(bad)?;
-        let collection = view.spec.collection.clone();
-        let (shards, target) = self.route(&collection, shard, Want::Leader, false).await?;
         let rows = req
             .rows
             .iter()
@@ -232,33 +230,30 @@ impl ShardExec {
             .collect::<Result<Vec<_>, _>>()
             .map_err(bad)?;
         let ids: Vec<PointId> = rows.iter().map(|r| r.entity.clone()).collect();
-        Self::check_shard(&ids, shard, shards)?;
-        if let Target::Local(local) = target {
-            let history = i64::try_from(view.spec.history_seconds.saturating_mul(1_000_000))
-                .unwrap_or(i64::MAX);
-            let command = Command::PushFeatures {
-                collection: collection.clone(),
-                view: view.id,
-                history_micros: history,
-                rows,
-            };
-            if let Some(outcome) = self.submit(&local, command).await? {
-                return Ok(v1::PushFeaturesResponse {
-                    pushed: outcome.affected,
-                    ..Default::default()
-                });
-            }
-        }
-        let (_, target) = self.route(&collection, shard, Want::Leader, false).await?;
-        let targets = Self::remote(target)?;
-        self.cluster
-            .forward(&targets, hops, &req, |ch, r| async move {
-                self.features_client(ch)
-                    .push_features(for_shard(r, shard))
-                    .await
-            })
-            .await
-            .map(Response::into_inner)
+        let history =
+            i64::try_from(view.spec.history_seconds.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+        let command = Command::PushFeatures {
+            collection: view.spec.collection.clone(),
+            view: view.id,
+            history_micros: history,
+            rows,
+        };
+        let answer = |outcome: shoal_shard::Outcome| v1::PushFeaturesResponse {
+            pushed: outcome.affected,
+            ..Default::default()
+        };
+        let collection = &view.spec.collection;
+        self.write(
+            shard,
+            collection,
+            &ids,
+            command,
+            answer,
+            &req,
+            hops,
+            |ch, r| async move { self.features_client(ch).push_features(r).await },
+        )
+        .await
     }
 
     /// Resolves `VIEW:FIELD` references to their views and field positions; every view must
@@ -466,15 +461,46 @@ impl ShardExec {
         }
     }
 
+    /// Runs a write of `ids` on shard `shard`: proposed here when this node leads the
+    /// shard's group (answered with `answer`), otherwise forwarded to the leader with `call`.
+    #[allow(clippy::too_many_arguments)]
+    async fn write<Req, Resp, F, Fut>(
+        &self,
+        shard: ShardRef,
+        collection: &str,
+        ids: &[PointId],
+        command: Command,
+        answer: impl FnOnce(shoal_shard::Outcome) -> Resp,
+        req: &Req,
+        hops: u32,
+        call: F,
+    ) -> Result<Resp, Status>
+    where
+        Req: Clone,
+        F: Fn(Channel, Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let (shards, target) = self.route(collection, shard, Want::Leader, false).await?;
+        Self::check_shard(ids, shard, shards)?;
+        if let Target::Local(local) = target {
+            if let Some(outcome) = self.submit(&local, command).await? {
+                return Ok(answer(outcome));
+            }
+        }
+        let (_, target) = self.route(collection, shard, Want::Leader, false).await?;
+        let targets = Self::remote(target)?;
+        self.cluster
+            .forward(&targets, hops, req, |ch, r| call(ch, for_shard(r, shard)))
+            .await
+            .map(Response::into_inner)
+    }
+
     async fn upsert(
         &self,
         shard: ShardRef,
         req: v1::UpsertRequest,
         hops: u32,
     ) -> Result<v1::UpsertResponse, Status> {
-        let (shards, target) = self
-            .route(&req.collection, shard, Want::Leader, false)
-            .await?;
         let points = req
             .points
             .iter()
@@ -483,30 +509,26 @@ impl ShardExec {
             .collect::<Result<Vec<_>, _>>()
             .map_err(bad)?;
         let ids: Vec<PointId> = points.iter().map(|p| p.id.clone()).collect();
-        Self::check_shard(&ids, shard, shards)?;
-        if let Target::Local(local) = target {
-            let command = Command::Upsert {
-                collection: req.collection.clone(),
-                points,
-            };
-            if let Some(outcome) = self.submit(&local, command).await? {
-                return Ok(v1::UpsertResponse {
-                    upserted: outcome.affected,
-                    sequence: outcome.sequence,
-                    ..Default::default()
-                });
-            }
-        }
-        let (_, target) = self
-            .route(&req.collection, shard, Want::Leader, false)
-            .await?;
-        let targets = Self::remote(target)?;
-        self.cluster
-            .forward(&targets, hops, &req, |ch, r| async move {
-                self.points_client(ch).upsert(for_shard(r, shard)).await
-            })
-            .await
-            .map(Response::into_inner)
+        let command = Command::Upsert {
+            collection: req.collection.clone(),
+            points,
+        };
+        let answer = |outcome: shoal_shard::Outcome| v1::UpsertResponse {
+            upserted: outcome.affected,
+            sequence: outcome.sequence,
+            ..Default::default()
+        };
+        self.write(
+            shard,
+            &req.collection,
+            &ids,
+            command,
+            answer,
+            &req,
+            hops,
+            |ch, r| async move { self.points_client(ch).upsert(r).await },
+        )
+        .await
     }
 
     async fn delete(
@@ -515,34 +537,27 @@ impl ShardExec {
         req: v1::DeleteRequest,
         hops: u32,
     ) -> Result<v1::DeleteResponse, Status> {
-        let (shards, target) = self
-            .route(&req.collection, shard, Want::Leader, false)
-            .await?;
         let ids = ids_from_wire(req.ids.clone()).map_err(bad)?;
-        Self::check_shard(&ids, shard, shards)?;
-        if let Target::Local(local) = target {
-            let command = Command::Delete {
-                collection: req.collection.clone(),
-                ids,
-            };
-            if let Some(outcome) = self.submit(&local, command).await? {
-                return Ok(v1::DeleteResponse {
-                    deleted: outcome.affected,
-                    sequence: outcome.sequence,
-                    ..Default::default()
-                });
-            }
-        }
-        let (_, target) = self
-            .route(&req.collection, shard, Want::Leader, false)
-            .await?;
-        let targets = Self::remote(target)?;
-        self.cluster
-            .forward(&targets, hops, &req, |ch, r| async move {
-                self.points_client(ch).delete(for_shard(r, shard)).await
-            })
-            .await
-            .map(Response::into_inner)
+        let command = Command::Delete {
+            collection: req.collection.clone(),
+            ids: ids.clone(),
+        };
+        let answer = |outcome: shoal_shard::Outcome| v1::DeleteResponse {
+            deleted: outcome.affected,
+            sequence: outcome.sequence,
+            ..Default::default()
+        };
+        self.write(
+            shard,
+            &req.collection,
+            &ids,
+            command,
+            answer,
+            &req,
+            hops,
+            |ch, r| async move { self.points_client(ch).delete(r).await },
+        )
+        .await
     }
 
     async fn get(

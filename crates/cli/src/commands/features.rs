@@ -35,6 +35,9 @@ pub enum FeaturesCommand {
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
         batch_size: u32,
     },
+    /// Measure get_online_features latency: every field of VIEW for batches of entities
+    /// 0..ENTITIES, one request at a time, over gRPC and (with --http) the Feast HTTP API.
+    Bench(BenchArgs),
     /// Read online features (VIEW:FIELD ...) of entities.
     Get {
         collection: String,
@@ -48,6 +51,23 @@ pub enum FeaturesCommand {
         #[command(flatten)]
         read: ConsistencyArg,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    view: String,
+    /// Entities with rows: ids 0..ENTITIES; each request asks for a random batch of them.
+    #[arg(long)]
+    entities: u64,
+    /// Entities per request; a comma list runs each in turn.
+    #[arg(long, value_delimiter = ',', default_value = "1,100")]
+    batch: Vec<u64>,
+    /// Requests per batch size and transport.
+    #[arg(long, default_value_t = 2000)]
+    requests: u64,
+    /// The node's HTTP address, to measure the Feast-compatible API too.
+    #[arg(long)]
+    http: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,6 +263,7 @@ pub async fn run(mut clients: Clients, format: Format, command: FeaturesCommand)
             }
             output::print(format, &Pushed { pushed })
         }
+        FeaturesCommand::Bench(args) => bench(&mut clients, format, args).await,
         FeaturesCommand::Get {
             collection,
             features,
@@ -445,4 +466,163 @@ impl Report for OnlineReport {
         }
         table(&["ID", "FEATURE", "VALUE", "STATUS", "EVENT TIME"], &rows)
     }
+}
+
+#[derive(Serialize)]
+struct BenchRow {
+    transport: &'static str,
+    entities_per_request: u64,
+    features: usize,
+    requests: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    mean_ms: f64,
+}
+
+#[derive(Serialize)]
+#[serde(transparent)]
+struct BenchReport(Vec<BenchRow>);
+
+impl Report for BenchReport {
+    fn text(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .0
+            .iter()
+            .map(|r| {
+                vec![
+                    r.transport.to_owned(),
+                    r.entities_per_request.to_string(),
+                    r.features.to_string(),
+                    r.requests.to_string(),
+                    format!("{:.3}", r.p50_ms),
+                    format!("{:.3}", r.p99_ms),
+                    format!("{:.3}", r.mean_ms),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "TRANSPORT",
+                "ENTITIES",
+                "FEATURES",
+                "REQUESTS",
+                "P50 MS",
+                "P99 MS",
+                "MEAN MS",
+            ],
+            &rows,
+        )
+    }
+}
+
+fn summarize(
+    transport: &'static str,
+    batch: u64,
+    features: usize,
+    latencies: &mut [f64],
+) -> BenchRow {
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    BenchRow {
+        transport,
+        entities_per_request: batch,
+        features,
+        requests: latencies.len() as u64,
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+        mean_ms: latencies.iter().sum::<f64>() / latencies.len() as f64,
+    }
+}
+
+/// One POST over a kept-alive HTTP/1.1 connection; the response body must be 200.
+fn http_post(stream: &mut std::net::TcpStream, host: &str, path: &str, body: &str) -> Result<()> {
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    // Headers, then exactly Content-Length bytes of body.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte)?;
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "HTTP answered {}",
+        head.lines().next().unwrap_or("")
+    );
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .context("no content-length")?;
+    let mut payload = vec![0u8; length];
+    stream.read_exact(&mut payload)?;
+    Ok(())
+}
+
+async fn bench(clients: &mut Clients, format: Format, args: BenchArgs) -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    let view = clients
+        .features
+        .describe_feature_view(v1::DescribeFeatureViewRequest {
+            name: args.view.clone(),
+        })
+        .await?
+        .into_inner();
+    let features: Vec<String> = view
+        .fields
+        .iter()
+        .map(|f| format!("{}:{}", view.name, f.name))
+        .collect();
+    ensure!(args.entities > 0, "--entities must be positive");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
+    let mut rows = Vec::new();
+    for &batch in &args.batch {
+        let batches: Vec<Vec<u64>> = (0..args.requests)
+            .map(|_| {
+                (0..batch)
+                    .map(|_| rng.random_range(0..args.entities))
+                    .collect()
+            })
+            .collect();
+        let mut latencies = Vec::with_capacity(batches.len());
+        for ids in &batches {
+            let request = v1::GetOnlineFeaturesRequest {
+                features: features.clone(),
+                entity_ids: ids.iter().map(|id| (*id).into()).collect(),
+                ..Default::default()
+            };
+            let sent = std::time::Instant::now();
+            clients.features.get_online_features(request).await?;
+            latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+        }
+        rows.push(summarize("grpc", batch, features.len(), &mut latencies));
+        if let Some(http) = &args.http {
+            let (http, names) = (http.clone(), features.clone());
+            let mut latencies = tokio::task::spawn_blocking(move || -> Result<Vec<f64>> {
+                let mut stream = std::net::TcpStream::connect(&http)?;
+                stream.set_nodelay(true)?;
+                let mut latencies = Vec::with_capacity(batches.len());
+                for ids in &batches {
+                    let body =
+                        serde_json::json!({"features": names, "entities": {"id": ids}}).to_string();
+                    let sent = std::time::Instant::now();
+                    http_post(&mut stream, &http, "/get-online-features", &body)?;
+                    latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+                }
+                Ok(latencies)
+            })
+            .await??;
+            rows.push(summarize("http", batch, features.len(), &mut latencies));
+        }
+    }
+    output::print(format, &BenchReport(rows))
 }

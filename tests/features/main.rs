@@ -285,6 +285,9 @@ async fn bad_feature_input_gets_clear_errors_and_changes_nothing() {
     );
     let mut unknown_field = row(2, 10, 0, 1);
     unknown_field.values.insert("speed".into(), int(3));
+    // Nanoseconds by mistake: a row from the year 53,000 would stay the newest forever.
+    let nanoseconds = row(4, now_micros() * 1000, 0, 1);
+    let no_event_time = row(4, 0, 0, 1);
     for (request, code, message) in [
         (
             push(vec![row(1, 10, 0, 1)], "nope"),
@@ -303,6 +306,16 @@ async fn bad_feature_input_gets_clear_errors_and_changes_nothing() {
             "no field",
         ),
         (push(vec![], "stats"), Code::InvalidArgument, "empty"),
+        (
+            push(vec![row(3, 10, 0, 1), nanoseconds], "stats"),
+            Code::InvalidArgument,
+            "seconds or nanoseconds",
+        ),
+        (
+            push(vec![no_event_time], "stats"),
+            Code::InvalidArgument,
+            "event timestamp",
+        ),
     ] {
         let status = client.push_features(request).await.unwrap_err();
         assert_eq!(status.code(), code, "{status}");
@@ -323,6 +336,15 @@ async fn bad_feature_input_gets_clear_errors_and_changes_nothing() {
             .all(|(_, status, _)| *status == "not found"),
         "nothing of a refused push is stored: {read:?}"
     );
+    let many = client
+        .get_online_features(v1::GetOnlineFeaturesRequest {
+            features: vec!["stats:trips".to_owned(); 2000],
+            entity_ids: vec![1u64.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(many.message().contains("at most"), "{many}");
     for (features, message) in [
         (vec!["stats:speed"], "no field"),
         (vec!["nope:trips"], "does not exist"),

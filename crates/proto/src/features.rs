@@ -119,7 +119,8 @@ impl From<FeatureValue> for v1::FeatureValue {
     }
 }
 
-/// A pushed row in `view`'s field order, checked against the view (names and types).
+/// A pushed row in `view`'s field order, checked against the view (names and types, finite
+/// numbers) and against this node's clock (its times).
 pub fn feature_row_from_wire(view: &FeatureViewSpec, row: v1::FeatureRow) -> Result<FeatureRow> {
     let entity = PointId::try_from(
         row.entity_id
@@ -148,6 +149,11 @@ pub fn feature_row_from_wire(view: &FeatureViewSpec, row: v1::FeatureRow) -> Res
         values,
     };
     FeatureRow::validate_batch(view, std::slice::from_ref(&row))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default();
+    row.check_times(now)?;
     Ok(row)
 }
 

@@ -18,6 +18,17 @@ const MAX_BATCH: usize = 256;
 /// its own entry), so that entries replicate within a heartbeat's deadline.
 const MAX_BATCH_BYTES: usize = 2 << 20;
 
+/// About how many bytes a feature value takes in a log entry.
+fn value_bytes(value: &shoal_types::FeatureValue) -> usize {
+    use shoal_types::FeatureValue as V;
+    match value {
+        V::String(s) => 8 + s.len(),
+        V::Bytes(b) => 8 + b.len(),
+        V::FloatList(l) => 8 + 4 * l.len(),
+        _ => 9,
+    }
+}
+
 /// About how many bytes `command` takes in a log entry.
 fn approx_bytes(command: &Command) -> usize {
     match command {
@@ -26,8 +37,10 @@ fn approx_bytes(command: &Command) -> usize {
             .map(|p| p.vector.len() * 4 + 24)
             .sum::<usize>(),
         Command::Delete { ids, .. } => ids.len() * 24,
-        // Values vary; a row's share of a batch is bounded by the request size limit.
-        Command::PushFeatures { rows, .. } => rows.len() * 256,
+        Command::PushFeatures { rows, .. } => rows
+            .iter()
+            .map(|r| 48 + r.values.iter().map(value_bytes).sum::<usize>())
+            .sum(),
         Command::CreateCollection(_) | Command::DropCollection { .. } => 256,
     }
 }

@@ -716,6 +716,17 @@ impl Router {
         self.limits
             .check_batch("get", ids.len(), max)
             .map_err(bad)?;
+        let refs = req.features.len();
+        if refs > shoal_types::MAX_FEATURE_REFS
+            || refs.saturating_mul(ids.len()) > shoal_types::MAX_FEATURE_CELLS
+        {
+            return Err(Status::invalid_argument(format!(
+                "{refs} features of {} entities: at most {} features and {} values per request",
+                ids.len(),
+                shoal_types::MAX_FEATURE_REFS,
+                shoal_types::MAX_FEATURE_CELLS
+            )));
+        }
         // Each entity's cells, one per feature.
         let cells = self
             .routed(&collection, |route| {

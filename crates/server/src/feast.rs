@@ -227,28 +227,48 @@ async fn get_online_features(
     ))
 }
 
-/// A data frame's columns as lists, whether sent as lists or as `{row index: value}`.
+/// A data frame's columns as lists, whether sent as lists or as `{row index: value}`
+/// objects; objects are aligned on the row indexes of the `id` column, which every column
+/// must share.
 fn columns(df: &Value) -> Result<BTreeMap<String, Vec<Value>>, HttpError> {
     let Value::Object(df) = df else {
         return Err(invalid("\"df\" must be an object of columns"));
     };
+    let index: Option<Vec<String>> = match df.get(JOIN_KEY) {
+        Some(Value::Object(by_index)) => {
+            let mut keys: Vec<(u64, String)> = by_index
+                .keys()
+                .map(|k| {
+                    k.parse::<u64>()
+                        .map(|i| (i, k.clone()))
+                        .map_err(|_| invalid(format!("row index {k:?} is not a number")))
+                })
+                .collect::<Result<_, _>>()?;
+            keys.sort();
+            Some(keys.into_iter().map(|(_, k)| k).collect())
+        }
+        _ => None,
+    };
     df.iter()
         .map(|(name, column)| {
-            let values = match column {
-                Value::Array(values) => values.clone(),
-                Value::Object(by_index) => {
-                    let mut rows: Vec<(u64, Value)> = by_index
-                        .iter()
-                        .map(|(i, v)| {
-                            i.parse::<u64>().map(|i| (i, v.clone())).map_err(|_| {
-                                invalid(format!("column {name:?}: row index {i:?} is not a number"))
-                            })
-                        })
-                        .collect::<Result<_, _>>()?;
-                    rows.sort_by_key(|(i, _)| *i);
-                    rows.into_iter().map(|(_, v)| v).collect()
+            let values = match (column, &index) {
+                (Value::Array(values), None) => values.clone(),
+                (Value::Object(by_index), Some(index)) => {
+                    if by_index.len() != index.len()
+                        || index.iter().any(|k| !by_index.contains_key(k))
+                    {
+                        return Err(invalid(format!(
+                            "column {name:?} does not have the row indexes of \"{JOIN_KEY}\""
+                        )));
+                    }
+                    index.iter().map(|k| by_index[k].clone()).collect()
                 }
-                other => return Err(invalid(format!("column {name:?} is {other}, not a list"))),
+                _ => {
+                    return Err(invalid(format!(
+                        "column {name:?}: every column must be a list, or every column a \
+                         {{row index: value}} object"
+                    )))
+                }
             };
             Ok((name.clone(), values))
         })

@@ -259,6 +259,13 @@ impl ShardExec {
     /// Resolves `VIEW:FIELD` references to their views and field positions; every view must
     /// belong to one collection, which is returned.
     async fn feature_refs(&self, names: &[String]) -> Result<(String, Vec<FeatureRef>), Status> {
+        if names.len() > shoal_types::MAX_FEATURE_REFS {
+            return Err(Status::invalid_argument(format!(
+                "{} feature references; at most {} per request",
+                names.len(),
+                shoal_types::MAX_FEATURE_REFS
+            )));
+        }
         let mut refs = Vec::with_capacity(names.len());
         for name in names {
             let (view, field) = name.split_once(':').ok_or_else(|| {
@@ -299,6 +306,7 @@ impl ShardExec {
             (shards, Target::Local(local)) => {
                 let ids = ids_from_wire(req.entity_ids.clone()).map_err(bad)?;
                 Self::check_shard(&ids, shard, shards)?;
+                check_cells(refs.len(), ids.len())?;
                 let results =
                     feature_columns(local.shard(), collection, refs, ids, req.as_of).await?;
                 Ok(v1::GetOnlineFeaturesResponse {
@@ -708,6 +716,17 @@ fn now_micros() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or_default()
+}
+
+/// Refuses reads of more than [`shoal_types::MAX_FEATURE_CELLS`] cells.
+fn check_cells(features: usize, entities: usize) -> Result<(), Status> {
+    if features.saturating_mul(entities) > shoal_types::MAX_FEATURE_CELLS {
+        return Err(Status::invalid_argument(format!(
+            "{features} features of {entities} entities is more than {} values per request",
+            shoal_types::MAX_FEATURE_CELLS
+        )));
+    }
+    Ok(())
 }
 
 /// A feature a request names: its view and the field's position.

@@ -429,7 +429,18 @@ impl Shard {
                 .feature_row::<Vec<FeatureValue>>(view, entity, None)?
                 .map_or(i64::MIN, |(event, _, _)| event);
             let horizon = (*at).max(stored).saturating_sub(history_micros.max(0));
-            batch.delete_feature_rows_before(view, entity, horizon);
+            // A range deletion only where there is something to delete: range tombstones
+            // slow every later seek. The batch's own rows count too.
+            let oldest_stored = self.store.oldest_feature_event(view, entity)?;
+            let oldest_pushed = rows
+                .iter()
+                .filter(|r| r.entity == *entity)
+                .map(|r| r.event_ts)
+                .min();
+            let oldest = oldest_stored.into_iter().chain(oldest_pushed).min();
+            if oldest.is_some_and(|oldest| oldest < horizon) {
+                batch.delete_feature_rows_before(view, entity, horizon);
+            }
         }
         batch.put_counter(APPLIED, sequence);
         batch.commit(false)?;

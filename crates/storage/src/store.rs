@@ -315,6 +315,25 @@ impl Store {
         Ok(Some((event, created, decode("feature row", &value)?)))
     }
 
+    /// The event time of `entity`'s oldest version in view `view`, if it has one.
+    pub fn oldest_feature_event(&self, view: u64, entity: &PointId) -> Result<Option<i64>> {
+        let prefix = feature_prefix(view, entity);
+        let mut iter = self.db.iterator_cf(
+            self.cf(CF_FEATURES),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        let Some(item) = iter.next() else {
+            return Ok(None);
+        };
+        let (key, _) = item.map_err(|e| db_error("reading a feature row", e))?;
+        if !key.starts_with(&prefix) || key.len() != prefix.len() + 16 {
+            return Ok(None);
+        }
+        Ok(Some(i64_from_ordered(
+            &key[prefix.len()..prefix.len() + 8],
+        )?))
+    }
+
     /// Writes a consistent copy of the database as it is now to `dir`, which must not exist:
     /// memtables are flushed, then the SST files are hard-linked (copied across file
     /// systems). The copy opens with [`Store::open`] like any database.

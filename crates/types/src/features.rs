@@ -16,6 +16,12 @@ use crate::{validate_collection_name, Error, PointId, Result};
 pub const MAX_FEATURE_FIELDS: usize = 256;
 /// Longest field name, in bytes.
 pub const MAX_FIELD_NAME: usize = 128;
+/// How far ahead of the node's clock an event or created time may be (clock skew).
+pub const MAX_FUTURE_MICROS: i64 = 24 * 3600 * 1_000_000;
+/// Most feature references in one read, and most cells (references × entities).
+pub const MAX_FEATURE_REFS: usize = 1024;
+pub const MAX_FEATURE_CELLS: usize = 1_000_000;
+
 /// Version history kept per entity when a view does not say: 7 days.
 pub const DEFAULT_HISTORY_SECONDS: u64 = 7 * 24 * 3600;
 
@@ -196,15 +202,42 @@ impl FeatureRow {
                         row.entity, field.name, view.name, field.ty
                     )));
                 }
-                if let FeatureValue::Double(d) = value {
-                    if d.is_nan() {
-                        return Err(Error::invalid(format!(
-                            "entity {}: field {:?} is NaN",
-                            row.entity, field.name
-                        )));
-                    }
+                let finite = match value {
+                    FeatureValue::Double(d) => d.is_finite(),
+                    FeatureValue::FloatList(l) => l.iter().all(|f| f.is_finite()),
+                    _ => true,
+                };
+                if !finite {
+                    return Err(Error::invalid(format!(
+                        "entity {}: field {:?} holds NaN or infinity",
+                        row.entity, field.name
+                    )));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl FeatureRow {
+    /// Checks the row's times against the node's clock `now` (microseconds): an event time
+    /// after 1970 and at most [`MAX_FUTURE_MICROS`] ahead (a row from the far future would
+    /// stay the newest forever and push every later one out of its history), and a created
+    /// time of 0 (unknown) or in the same range. Done where a push enters, never at apply.
+    pub fn check_times(&self, now: i64) -> Result<()> {
+        let latest = now.saturating_add(MAX_FUTURE_MICROS);
+        if self.event_ts <= 0 || self.event_ts > latest {
+            return Err(Error::invalid(format!(
+                "entity {}: event timestamp {} is not between 1970 and a day from now (in \
+                 microseconds since the epoch; is it in seconds or nanoseconds?)",
+                self.entity, self.event_ts
+            )));
+        }
+        if self.created_ts < 0 || self.created_ts > latest {
+            return Err(Error::invalid(format!(
+                "entity {}: created timestamp {} is not between 1970 and a day from now",
+                self.entity, self.created_ts
+            )));
         }
         Ok(())
     }

@@ -17,7 +17,8 @@ pub use command::{validate_ids, Command, Point};
 pub use error::{Error, ErrorCode, Result};
 pub use features::{
     FeatureField, FeatureRow, FeatureStatus, FeatureType, FeatureValue, FeatureViewSpec,
-    DEFAULT_HISTORY_SECONDS, MAX_FEATURE_FIELDS,
+    DEFAULT_HISTORY_SECONDS, MAX_FEATURE_CELLS, MAX_FEATURE_FIELDS, MAX_FEATURE_REFS,
+    MAX_FUTURE_MICROS,
 };
 pub use id::PointId;
 pub use limits::Limits;

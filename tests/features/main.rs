@@ -38,6 +38,48 @@ fn row(id: u64, event: i64, created: i64, trips: i64) -> v1::FeatureRow {
     }
 }
 
+/// Runs `shoalctl ARGS` on `node`, asserting success.
+fn ctl(node: &shoal_tests::Node, args: &[&str]) {
+    let out = node.shoalctl(args);
+    assert!(
+        out.status.success(),
+        "shoalctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Creates collection `drivers` (dimension 2, L2, 2 shards) and feature view `driver_stats`
+/// (conv_rate: double, trips: int64) with `extra` flags.
+fn drivers_with_stats(node: &shoal_tests::Node, extra: &[&str]) {
+    ctl(
+        node,
+        &[
+            "collection",
+            "create",
+            "drivers",
+            "--dim",
+            "2",
+            "--metric",
+            "l2",
+            "--shards",
+            "2",
+        ],
+    );
+    let mut view = vec![
+        "features",
+        "view",
+        "create",
+        "drivers",
+        "driver_stats",
+        "--field",
+        "conv_rate:double",
+        "--field",
+        "trips:int64",
+    ];
+    view.extend_from_slice(extra);
+    ctl(node, &view);
+}
+
 async fn features(cluster: &Cluster, node: u64) -> FeatureServiceClient<Channel> {
     FeatureServiceClient::new(cluster.node(node).channel())
 }
@@ -556,34 +598,7 @@ fn http_post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, serde_
 async fn the_feast_http_api_writes_and_reads_features() {
     let cluster = Cluster::start(1);
     let node = cluster.node(1);
-    let out = node.shoalctl(&[
-        "collection",
-        "create",
-        "drivers",
-        "--dim",
-        "2",
-        "--metric",
-        "l2",
-        "--shards",
-        "2",
-    ]);
-    assert!(out.status.success());
-    let out = node.shoalctl(&[
-        "features",
-        "view",
-        "create",
-        "drivers",
-        "driver_stats",
-        "--field",
-        "conv_rate:double",
-        "--field",
-        "trips:int64",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    drivers_with_stats(node, &[]);
     let http = node.http;
     assert_eq!(
         shoal_tests::http_get(http, "/health").map(|(code, _)| code),
@@ -706,36 +721,7 @@ fn feast_sdk_remote_online_store_writes_and_reads_through_shoal() {
     );
     let cluster = Cluster::start(1);
     let node = cluster.node(1);
-    let out = node.shoalctl(&[
-        "collection",
-        "create",
-        "drivers",
-        "--dim",
-        "2",
-        "--metric",
-        "l2",
-        "--shards",
-        "2",
-    ]);
-    assert!(out.status.success());
-    let out = node.shoalctl(&[
-        "features",
-        "view",
-        "create",
-        "drivers",
-        "driver_stats",
-        "--field",
-        "conv_rate:double",
-        "--field",
-        "trips:int64",
-        "--ttl",
-        "86400",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    drivers_with_stats(node, &["--ttl", "86400"]);
     let work = tempfile::tempdir().unwrap();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feast/feast_sdk_check.py");
     let run = std::process::Command::new(&python)

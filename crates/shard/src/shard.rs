@@ -460,15 +460,12 @@ impl Shard {
         as_of: Option<i64>,
     ) -> Result<Vec<Option<StoredFeatures>>> {
         self.collection(collection)?;
-        entities
-            .iter()
-            .map(|entity| {
-                Ok(self
-                    .store
-                    .feature_row::<Vec<FeatureValue>>(view, entity, as_of)?
-                    .map(|(event, _, values)| (event, values)))
-            })
-            .collect()
+        Ok(self
+            .store
+            .feature_rows::<Vec<FeatureValue>>(view, entities, as_of)?
+            .into_iter()
+            .map(|row| row.map(|(event, _, values)| (event, values)))
+            .collect())
     }
 
     /// Writes a copy of the shard as it is now to `dir` (which must not exist), in the

@@ -149,12 +149,35 @@ pub fn feature_row_from_wire(view: &FeatureViewSpec, row: v1::FeatureRow) -> Res
         values,
     };
     FeatureRow::validate_batch(view, std::slice::from_ref(&row))?;
-    let now = std::time::SystemTime::now()
+    row.check_times(now_micros())?;
+    Ok(row)
+}
+
+/// Microseconds since the Unix epoch, now: the clock that pushes are checked against and
+/// that TTLs count back from.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or_default();
-    row.check_times(now)?;
-    Ok(row)
+        .unwrap_or_default()
+}
+
+/// A wire status as Feast names it: `PRESENT`, `NULL_VALUE`, `NOT_FOUND`, `OUTSIDE_MAX_AGE`.
+pub fn feature_status_name(status: i32) -> &'static str {
+    v1::FeatureStatus::try_from(status)
+        .map_or("INVALID", |s| s.as_str_name())
+        .trim_start_matches("FEATURE_STATUS_")
+}
+
+impl v1::FeatureColumn {
+    /// Row `row`'s cell: value, status and event time (empty, INVALID and 0 past the end).
+    pub fn cell(&self, row: usize) -> (v1::FeatureValue, i32, i64) {
+        (
+            self.values.get(row).cloned().unwrap_or_default(),
+            self.statuses.get(row).copied().unwrap_or_default(),
+            self.event_timestamps.get(row).copied().unwrap_or_default(),
+        )
+    }
 }
 
 pub fn feature_status_to_wire(status: FeatureStatus) -> v1::FeatureStatus {

@@ -265,6 +265,17 @@ impl Router {
         if let Some(route) = self.map().collections.get(name) {
             return Ok(route.clone());
         }
+        self.refresh_after_miss(name).await;
+        self.map()
+            .collections
+            .get(name)
+            .cloned()
+            .ok_or_else(|| bad(Error::unknown_collection(name)))
+    }
+
+    /// Refreshes the map after a lookup of `name` (a collection or a feature view) missed:
+    /// at most once per [`MISS_REFRESH`] per name, within the request deadline.
+    async fn refresh_after_miss(&self, name: &str) {
         let due = {
             let mut misses = self.misses.lock();
             let due = misses
@@ -284,11 +295,6 @@ impl Router {
                 self.set_map(map);
             }
         }
-        self.map()
-            .collections
-            .get(name)
-            .cloned()
-            .ok_or_else(|| bad(Error::unknown_collection(name)))
     }
 
     /// The replicas to try for a call, best first.
@@ -637,9 +643,7 @@ impl Router {
         if let Some(spec) = self.map().views.get(view) {
             return Ok(spec.clone());
         }
-        if let Some(map) = self.transport.refresh().await {
-            self.set_map(map);
-        }
+        self.refresh_after_miss(view).await;
         self.map()
             .views
             .get(view)
@@ -762,21 +766,8 @@ impl Router {
                         // A part answers for its entities in the order it was sent them.
                         let part_ids = sent.remove(&shard).unwrap_or_default();
                         for (row, id) in part_ids.into_iter().enumerate() {
-                            let entity_cells = part
-                                .results
-                                .iter()
-                                .map(|column| {
-                                    (
-                                        column.values.get(row).cloned().unwrap_or_default(),
-                                        column.statuses.get(row).copied().unwrap_or_default(),
-                                        column
-                                            .event_timestamps
-                                            .get(row)
-                                            .copied()
-                                            .unwrap_or_default(),
-                                    )
-                                })
-                                .collect();
+                            let entity_cells =
+                                part.results.iter().map(|column| column.cell(row)).collect();
                             cells.insert(id, entity_cells);
                         }
                     }

@@ -23,7 +23,7 @@ use shoal_proto::json::{
 };
 use shoal_proto::v1;
 use shoal_proto::v1::feature_service_server::FeatureService;
-use shoal_proto::{feature_row_from_wire, feature_type_from_wire};
+use shoal_proto::{feature_status_name, feature_type_from_wire};
 use tonic::{Code, Request, Status};
 
 use crate::grpc::Api;
@@ -205,12 +205,7 @@ async fn get_online_features(
         let statuses: Vec<Value> = column
             .statuses
             .iter()
-            .map(|s| {
-                v1::FeatureStatus::try_from(*s)
-                    .map_or("INVALID", |s| s.as_str_name())
-                    .trim_start_matches("FEATURE_STATUS_")
-                    .into()
-            })
+            .map(|s| feature_status_name(*s).into())
             .collect();
         results.push(json!({
             "values": column.values.iter().map(feature_value_to_json).collect::<Vec<_>>(),
@@ -289,7 +284,6 @@ async fn write(api: &Api, view: &str, df: &Value) -> Result<u64, HttpError> {
         .map(|f| Ok((f.name.clone(), feature_type_from_wire(f.r#type)?)))
         .collect::<Result<_, shoal_types::Error>>()
         .map_err(|e| invalid(e.message))?;
-    let spec = shoal_types::FeatureViewSpec::try_from(wire).map_err(|e| invalid(e.message))?;
     let columns = columns(df)?;
     let ids = columns.get(JOIN_KEY).ok_or_else(|| {
         invalid(format!(
@@ -344,9 +338,6 @@ async fn write(api: &Api, view: &str, df: &Value) -> Result<u64, HttpError> {
             },
             values,
         };
-        // Checked here too, for an error that names the row.
-        feature_row_from_wire(&spec, wire_row.clone())
-            .map_err(|e| invalid(format!("row {row}: {}", e.message)))?;
         rows.push(wire_row);
     }
     let response = api

@@ -20,7 +20,7 @@ use shoal_proto::v1::point_service_client::PointServiceClient;
 use shoal_proto::v1::point_service_server::PointService;
 use shoal_proto::v1::{self};
 use shoal_proto::{
-    feature_row_from_wire, feature_status_to_wire, ids_from_wire, metric_to_wire,
+    feature_row_from_wire, feature_status_to_wire, ids_from_wire, metric_to_wire, now_micros,
     search_params_from_wire, status_from_error,
 };
 use shoal_raft::control;
@@ -683,17 +683,10 @@ impl ShardExec {
                             .await?;
                     for (row, hit) in hits.into_iter().enumerate() {
                         for column in &columns {
-                            hit.feature_values
-                                .push(column.values.get(row).cloned().unwrap_or_default());
-                            hit.feature_statuses
-                                .push(column.statuses.get(row).copied().unwrap_or_default());
-                            hit.feature_timestamps.push(
-                                column
-                                    .event_timestamps
-                                    .get(row)
-                                    .copied()
-                                    .unwrap_or_default(),
-                            );
+                            let (value, status, event) = column.cell(row);
+                            hit.feature_values.push(value);
+                            hit.feature_statuses.push(status);
+                            hit.feature_timestamps.push(event);
                         }
                     }
                 }
@@ -708,14 +701,6 @@ impl ShardExec {
                 .map(Response::into_inner),
         }
     }
-}
-
-/// Microseconds since the Unix epoch, now.
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }
 
 /// Refuses reads of more than [`shoal_types::MAX_FEATURE_CELLS`] cells.

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde_json::Value;
 use shoal_proto::v1;
-use shoal_proto::{feature_type_from_wire, feature_type_to_wire, json};
+use shoal_proto::{feature_status_name, feature_type_from_wire, feature_type_to_wire, json};
 use shoal_types::{FeatureType, FeatureViewSpec};
 
 use crate::client::Clients;
@@ -111,15 +111,6 @@ fn parse_field(arg: &str) -> Result<(String, FeatureType), String> {
     Ok((name.trim().to_owned(), ty))
 }
 
-/// A timestamp given as RFC 3339 or as microseconds since the epoch.
-pub fn parse_timestamp(text: &str) -> Result<i64> {
-    Ok(json::parse_timestamp(text)?)
-}
-
-fn timestamp_of(value: &Value, what: &str) -> Result<i64> {
-    Ok(json::timestamp_from_json(value, what)?)
-}
-
 async fn view_of(clients: &mut Clients, collection: &str, view: &str) -> Result<FeatureViewSpec> {
     let wire = clients
         .features
@@ -154,14 +145,14 @@ fn read_rows(path: &PathBuf, view: &FeatureViewSpec) -> Result<Vec<v1::FeatureRo
         let json: Value = serde_json::from_str(&line).with_context(|| at.clone())?;
         let id: Id = serde_json::from_value(json.get("id").cloned().unwrap_or(Value::Null))
             .with_context(|| format!("{at}: \"id\" must be a number or a string"))?;
-        let event = timestamp_of(
+        let event = json::timestamp_from_json(
             json.get("event_timestamp")
                 .with_context(|| format!("{at}: no \"event_timestamp\""))?,
             &format!("{at}: event_timestamp"),
         )?;
         let created = match json.get("created_timestamp") {
             None | Some(Value::Null) => 0,
-            Some(v) => timestamp_of(v, &format!("{at}: created_timestamp"))?,
+            Some(v) => json::timestamp_from_json(v, &format!("{at}: created_timestamp"))?,
         };
         let Some(Value::Object(features)) = json.get("features") else {
             bail!("{at}: \"features\" must be an object of FIELD: value");
@@ -277,7 +268,7 @@ pub async fn run(mut clients: Clients, format: Format, command: FeaturesCommand)
                     .with_context(|| format!("{feature:?} is not VIEW:FIELD"))?;
                 view_of(&mut clients, &collection, view).await?;
             }
-            let as_of = as_of.as_deref().map(parse_timestamp).transpose()?;
+            let as_of = as_of.as_deref().map(json::parse_timestamp).transpose()?;
             let response = clients
                 .features
                 .get_online_features(v1::GetOnlineFeaturesRequest {
@@ -428,20 +419,14 @@ impl OnlineReport {
                     .feature_names
                     .iter()
                     .zip(&response.results)
-                    .map(|(name, column)| CellReport {
-                        feature: name.clone(),
-                        value: column
-                            .values
-                            .get(row)
-                            .map_or(Value::Null, json::feature_value_to_json),
-                        status: column
-                            .statuses
-                            .get(row)
-                            .and_then(|s| v1::FeatureStatus::try_from(*s).ok())
-                            .map_or("INVALID", |s| s.as_str_name())
-                            .trim_start_matches("FEATURE_STATUS_")
-                            .to_owned(),
-                        event_timestamp: column.event_timestamps.get(row).copied().unwrap_or(0),
+                    .map(|(name, column)| {
+                        let (value, status, event) = column.cell(row);
+                        CellReport {
+                            feature: name.clone(),
+                            value: json::feature_value_to_json(&value),
+                            status: feature_status_name(status).to_owned(),
+                            event_timestamp: event,
+                        }
                     })
                     .collect(),
             })

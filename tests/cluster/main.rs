@@ -23,7 +23,7 @@ use shoal_tests::cluster::{
     assert_replicas_hold, checksum, group, replica_count, replica_points, Cluster, SETTLE,
     SMALL_SNAPSHOTS, SNAPSHOT_INSTALLED,
 };
-use shoal_tests::{free_addr, poll, random_vectors, Deadline, Node};
+use shoal_tests::{free_addr, random_vectors, Deadline, Node};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -42,37 +42,9 @@ fn points(ids: Range<u64>) -> Vec<v1::Point> {
     .collect()
 }
 
-/// Creates an exact L2 collection of `DIM` with `replicas` replicas through node 1, retrying
-/// while the meta group is UNAVAILABLE (electing a leader: a loaded machine can cause one).
+/// Creates an exact L2 collection of `DIM`, one shard of `replicas` replicas.
 fn create(cluster: &Cluster, name: &str, replicas: u32) {
-    let (dim, replicas) = (DIM.to_string(), replicas.to_string());
-    let args = [
-        "collection",
-        "create",
-        name,
-        "--dim",
-        &dim,
-        "--metric",
-        "l2",
-        "--index",
-        "Flat",
-        "--replicas",
-        &replicas,
-    ];
-    let mut retried = false;
-    poll(&format!("collection {name:?} created"), SETTLE, || {
-        let out = cluster.node(1).shoalctl(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() || (retried && stderr.contains("(AlreadyExists)")) {
-            return Some(());
-        }
-        assert!(
-            stderr.contains("(Unavailable)"),
-            "shoalctl {args:?}: {stderr}"
-        );
-        retried = true;
-        None
-    });
+    cluster.create_flat(name, DIM, 1, replicas);
 }
 
 /// Upserts `ids` (with [`vector_for`]) through `node`, as one request: one Raft entry. Retried

@@ -38,33 +38,20 @@ fn row(id: u64, event: i64, created: i64, trips: i64) -> v1::FeatureRow {
     }
 }
 
-/// Runs `shoalctl ARGS` on `node`, asserting success.
-fn ctl(node: &shoal_tests::Node, args: &[&str]) {
-    let out = node.shoalctl(args);
-    assert!(
-        out.status.success(),
-        "shoalctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Creates collection `drivers` (dimension 2, L2, 2 shards) and feature view `driver_stats`
 /// (conv_rate: double, trips: int64) with `extra` flags.
 fn drivers_with_stats(node: &shoal_tests::Node, extra: &[&str]) {
-    ctl(
-        node,
-        &[
-            "collection",
-            "create",
-            "drivers",
-            "--dim",
-            "2",
-            "--metric",
-            "l2",
-            "--shards",
-            "2",
-        ],
-    );
+    node.shoalctl_ok(&[
+        "collection",
+        "create",
+        "drivers",
+        "--dim",
+        "2",
+        "--metric",
+        "l2",
+        "--shards",
+        "2",
+    ]);
     let mut view = vec![
         "features",
         "view",
@@ -77,7 +64,7 @@ fn drivers_with_stats(node: &shoal_tests::Node, extra: &[&str]) {
         "trips:int64",
     ];
     view.extend_from_slice(extra);
-    ctl(node, &view);
+    node.shoalctl_ok(&view);
 }
 
 async fn features(cluster: &Cluster, node: u64) -> FeatureServiceClient<Channel> {
@@ -126,7 +113,7 @@ fn trips(response: &v1::GetOnlineFeaturesResponse) -> Vec<(Option<i64>, &'static
 async fn pushes_in_any_order_read_back_newest_with_ttl_and_as_of_on_every_replica() {
     let mut cluster = Cluster::start(3);
     let node1 = cluster.node(1);
-    let out = node1.shoalctl(&[
+    node1.shoalctl_ok(&[
         "collection",
         "create",
         "drivers",
@@ -139,12 +126,7 @@ async fn pushes_in_any_order_read_back_newest_with_ttl_and_as_of_on_every_replic
         "--replicas",
         "3",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = node1.shoalctl(&[
+    node1.shoalctl_ok(&[
         "features",
         "view",
         "create",
@@ -157,11 +139,6 @@ async fn pushes_in_any_order_read_back_newest_with_ttl_and_as_of_on_every_replic
         "--ttl",
         "3600",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 
     let now = now_micros();
     let mut client = features(&cluster, 2).await;
@@ -267,7 +244,7 @@ async fn pushes_in_any_order_read_back_newest_with_ttl_and_as_of_on_every_replic
 async fn bad_feature_input_gets_clear_errors_and_changes_nothing() {
     let cluster = Cluster::start(1);
     let node = cluster.node(1);
-    let out = node.shoalctl(&[
+    node.shoalctl_ok(&[
         "collection",
         "create",
         "drivers",
@@ -278,7 +255,6 @@ async fn bad_feature_input_gets_clear_errors_and_changes_nothing() {
         "--shards",
         "2",
     ]);
-    assert!(out.status.success());
     let create = |args: &[&str]| {
         let mut full = vec!["features", "view", "create"];
         full.extend_from_slice(args);
@@ -430,7 +406,7 @@ async fn bad_feature_input_gets_clear_errors_and_changes_nothing() {
 async fn search_hits_carry_their_features() {
     let cluster = Cluster::start(2);
     let node = cluster.node(1);
-    let out = node.shoalctl(&[
+    node.shoalctl_ok(&[
         "collection",
         "create",
         "drivers",
@@ -443,12 +419,7 @@ async fn search_hits_carry_their_features() {
         "--replicas",
         "1",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = node.shoalctl(&[
+    node.shoalctl_ok(&[
         "features",
         "view",
         "create",
@@ -459,11 +430,6 @@ async fn search_hits_carry_their_features() {
         "--field",
         "name:string",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let mut points = shoal_proto::v1::point_service_client::PointServiceClient::new(node.channel());
     let upserted = points
         .upsert(v1::UpsertRequest {
@@ -523,7 +489,7 @@ async fn search_hits_carry_their_features() {
     }
 
     // A view of another collection is refused.
-    let out = node.shoalctl(&[
+    node.shoalctl_ok(&[
         "collection",
         "create",
         "other",
@@ -532,7 +498,6 @@ async fn search_hits_carry_their_features() {
         "--metric",
         "l2",
     ]);
-    assert!(out.status.success());
     let refused = points
         .search(v1::SearchRequest {
             collection: "other".into(),

@@ -7,7 +7,7 @@ use std::ops::Range;
 use shoal_proto::v1::point_service_client::PointServiceClient;
 use shoal_proto::v1::{self, point_id::Kind};
 use shoal_tests::cluster::{Cluster, SETTLE};
-use shoal_tests::{poll, random_vectors, Deadline, Node};
+use shoal_tests::{random_vectors, Deadline, Node};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -183,39 +183,9 @@ pub fn assert_even(load: &BTreeMap<u64, u64>) {
 // ---------------------------------------------------------------------------------------------
 // Requests.
 
-/// Creates an exact L2 collection of `DIM`, `shards` shards of `replicas` replicas, through
-/// node 1, retrying while the meta group is UNAVAILABLE (electing a leader).
+/// Creates an exact L2 collection of `DIM` with `shards` shards of `replicas` replicas.
 pub fn create(cluster: &Cluster, name: &str, shards: u32, replicas: u32) {
-    let (dim, shards, replicas) = (DIM.to_string(), shards.to_string(), replicas.to_string());
-    let args = [
-        "collection",
-        "create",
-        name,
-        "--dim",
-        &dim,
-        "--metric",
-        "l2",
-        "--index",
-        "Flat",
-        "--shards",
-        &shards,
-        "--replicas",
-        &replicas,
-    ];
-    let mut retried = false;
-    poll(&format!("collection {name:?} created"), SETTLE, || {
-        let out = cluster.node(1).shoalctl(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() || (retried && stderr.contains("(AlreadyExists)")) {
-            return Some(());
-        }
-        assert!(
-            stderr.contains("(Unavailable)"),
-            "shoalctl {args:?}: {stderr}"
-        );
-        retried = true;
-        None
-    });
+    cluster.create_flat(name, DIM, shards, replicas);
 }
 
 pub async fn upsert(

@@ -47,6 +47,42 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Creates an exact (`Flat`) L2 collection of dimension `dim` with `shards` shards of
+    /// `replicas` replicas through node 1, retrying while the meta group is UNAVAILABLE
+    /// (electing a leader: a loaded machine can cause one).
+    pub fn create_flat(&self, name: &str, dim: usize, shards: u32, replicas: u32) {
+        let (dim, shards, replicas) = (dim.to_string(), shards.to_string(), replicas.to_string());
+        let args = [
+            "collection",
+            "create",
+            name,
+            "--dim",
+            &dim,
+            "--metric",
+            "l2",
+            "--index",
+            "Flat",
+            "--shards",
+            &shards,
+            "--replicas",
+            &replicas,
+        ];
+        let mut retried = false;
+        crate::poll(&format!("collection {name:?} created"), SETTLE, || {
+            let out = self.node(1).shoalctl(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() || (retried && stderr.contains("(AlreadyExists)")) {
+                return Some(());
+            }
+            assert!(
+                stderr.contains("(Unavailable)"),
+                "shoalctl {args:?}: {stderr}"
+            );
+            retried = true;
+            None
+        });
+    }
+
     /// Starts nodes 1..=`size` with [`FAST_RAFT`] and waits until every one is ready.
     pub fn start(size: u64) -> Self {
         Self::start_with_env(size, &[])

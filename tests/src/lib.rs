@@ -386,6 +386,17 @@ impl Node {
         );
     }
 
+    /// Runs `shoalctl ARGS`, asserting success.
+    pub fn shoalctl_ok(&self, args: &[&str]) -> Output {
+        let out = self.shoalctl(args);
+        assert!(
+            out.status.success(),
+            "shoalctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     /// Runs `shoalctl --output json ...`, asserts success and parses stdout.
     pub fn shoalctl_json(&self, args: &[&str]) -> serde_json::Value {
         let mut full = vec!["--output", "json"];

@@ -724,6 +724,28 @@ mod tests {
     }
 
     #[test]
+    fn without_balancing_only_draining_nodes_give_replicas_away() {
+        let mut state = cluster(2);
+        create(&mut state, "a", 4, 1);
+        state
+            .apply(MetaCommand::AddNode {
+                id: 3,
+                address: "127.0.0.1:7603".into(),
+            })
+            .unwrap();
+        assert!(state.next_move(&[], true).is_some(), "node 3 is empty");
+        assert_eq!(state.next_move(&[], false), None);
+        state
+            .apply(MetaCommand::SetDraining {
+                id: 1,
+                draining: true,
+            })
+            .unwrap();
+        let m = state.next_move(&[], false).unwrap();
+        assert_eq!(m.from, 1);
+    }
+
+    #[test]
     fn moves_empty_draining_nodes_then_even_out_the_load() {
         let mut state = cluster(2);
         create(&mut state, "a", 4, 1);

@@ -40,30 +40,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_node ID [SEED]: node ID, joining SEED when given; on free ports the first time, on the
-# same ones after. SNAPSHOTS (entries between snapshots) overrides the default policy.
-start_node() {
-  local id=$1 seed=${2:-}
-  local ports
-  if [[ -z "${grpc[$id]:-}" ]]; then
-    read -r -a ports < <(free_ports)
-    grpc[$id]=127.0.0.1:${ports[0]}
-    http[$id]=127.0.0.1:${ports[1]}
-  fi
-  SHOAL__CLUSTER__NODE_ID=$id \
-    SHOAL__RAFT__SNAPSHOT_LOGS_SINCE_LAST=${SNAPSHOTS:-5000} \
-    SHOAL__RAFT__LOGS_KEPT_AFTER_SNAPSHOT=${SNAPSHOTS:-1000} \
-    "$BIN_DIR/shoal" node --data-dir "$work/n$id" --listen "${grpc[$id]}" --http "${http[$id]}" \
-    ${seed:+--join "$seed"} >>"$OUT/node$id.log" 2>&1 &
-  pid[$id]=$!
-  disown "${pid[$id]}"
-  wait_ready "${http[$id]}" "${pid[$id]}" 120 || {
-    echo "bench: node $id did not become ready" >&2
-    tail -20 "$OUT/node$id.log" >&2
-    exit 1
-  }
-}
-
 ctl() { "$BIN_DIR/shoalctl" --addr "$1" --output json "${@:2}"; }
 
 # group_field ADDR COLLECTION EXPR: evaluates EXPR on the collection's group status `g`.

@@ -41,25 +41,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_node ID [SEED]: node ID on free ports, joining SEED when given.
-start_node() {
-  local id=$1 seed=${2:-}
-  local ports
-  read -r -a ports < <(free_ports)
-  grpc[$id]=127.0.0.1:${ports[0]}
-  http[$id]=127.0.0.1:${ports[1]}
-  SHOAL__CLUSTER__NODE_ID=$id \
-    "$BIN_DIR/shoal" node --data-dir "$work/n$id" --listen "${grpc[$id]}" --http "${http[$id]}" \
-    ${seed:+--join "$seed"} >>"$OUT/node$id.log" 2>&1 &
-  pid[$id]=$!
-  disown "${pid[$id]}"
-  wait_ready "${http[$id]}" "${pid[$id]}" 120 || {
-    echo "bench: node $id did not become ready" >&2
-    tail -20 "$OUT/node$id.log" >&2
-    exit 1
-  }
-}
-
 stop_nodes() {
   for id in "${!pid[@]}"; do kill -TERM "${pid[$id]}" 2>/dev/null || true; done
   for id in "${!pid[@]}"; do

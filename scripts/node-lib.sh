@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Shared by scripts/demo.sh and scripts/bench.sh: free loopback ports and waiting for a node.
+# Shared by the demo and benchmark scripts: free loopback ports, waiting for a node, and
+# starting cluster nodes.
 # Source it from the repository root; it defines the binary and data locations and functions.
 
 # Where `make build` puts the binaries and `make data` the GloVe matrix (used by the sourcing
@@ -27,4 +28,31 @@ wait_ready() {
     ((SECONDS < deadline)) || return 2
     sleep 0.05
   done
+}
+
+# start_node ID [SEED]: starts `shoal node` ID in $work/nID (log in $OUT/nodeID.log), joining
+# SEED when given; on free ports the first time, on the same ones after (kept in the caller's
+# associative arrays grpc, http and pid). SNAPSHOTS (entries between snapshots) overrides the
+# default snapshot policy.
+# shellcheck disable=SC2004,SC2154  # grpc/http/pid (associative) and work/OUT are the caller's
+start_node() {
+  local id=$1 seed=${2:-}
+  local ports
+  if [[ -z "${grpc[$id]:-}" ]]; then
+    read -r -a ports < <(free_ports)
+    grpc[$id]=127.0.0.1:${ports[0]}
+    http[$id]=127.0.0.1:${ports[1]}
+  fi
+  SHOAL__CLUSTER__NODE_ID=$id \
+    SHOAL__RAFT__SNAPSHOT_LOGS_SINCE_LAST=${SNAPSHOTS:-5000} \
+    SHOAL__RAFT__LOGS_KEPT_AFTER_SNAPSHOT=${SNAPSHOTS:-1000} \
+    "$BIN_DIR/shoal" node --data-dir "$work/n$id" --listen "${grpc[$id]}" --http "${http[$id]}" \
+    ${seed:+--join "$seed"} >>"$OUT/node$id.log" 2>&1 &
+  pid[$id]=$!
+  disown "${pid[$id]}"
+  wait_ready "${http[$id]}" "${pid[$id]}" 120 || {
+    echo "bench: node $id did not become ready" >&2
+    tail -20 "$OUT/node$id.log" >&2
+    exit 1
+  }
 }

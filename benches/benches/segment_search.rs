@@ -80,7 +80,7 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("growing_exact", n), &index, |b, index| {
             b.iter(|| {
                 index
-                    .search(query.clone(), 10, &SearchParams::default())
+                    .search(query.clone(), 10, &SearchParams::default(), None)
                     .expect("search")
             })
         });
@@ -88,7 +88,7 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("sealed_hnsw", n), &index, |b, index| {
             b.iter(|| {
                 index
-                    .search(query.clone(), 10, &SearchParams::default())
+                    .search(query.clone(), 10, &SearchParams::default(), None)
                     .expect("search")
             })
         });
@@ -100,7 +100,7 @@ fn bench(c: &mut Criterion) {
             |b, index| {
                 b.iter(|| {
                     index
-                        .search(query.clone(), 10, &SearchParams::default())
+                        .search(query.clone(), 10, &SearchParams::default(), None)
                         .expect("search")
                 })
             },

@@ -27,7 +27,7 @@ use tonic::Code;
 
 use crate::client::Clients;
 use crate::commands::collection::{create_request, describe, parse_param};
-use crate::commands::points::{acknowledged, batch_len};
+use crate::commands::points::{acknowledged, batch_len, ensure_acknowledged};
 use crate::commands::search::SearchParamsArgs;
 use crate::consistency::{Consistency, ConsistencyArg};
 use crate::io::{read_npy, Matrix};
@@ -97,6 +97,12 @@ pub struct BenchArgs {
     shards: Option<u32>,
     #[command(flatten)]
     read: ConsistencyArg,
+    /// Also run filtered searches that keep about P percent of the points, for each P of a
+    /// comma list such as "1,10,50": every point gets an int64 feature `bucket` (0-99, a hash
+    /// of its id) in view <collection>_bench, and the filter is `bucket < P`; recall is
+    /// against the exact top-k among the points the filter keeps.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=100))]
+    filter_percent: Vec<u32>,
     /// How long to wait for index_state "ready" after loading.
     #[arg(long, default_value_t = 1800)]
     wait_ready_secs: u64,
@@ -175,29 +181,43 @@ pub async fn run(mut clients: Clients, format: Format, args: BenchArgs) -> Resul
     );
     let queries = Arc::new(queries);
     let k = args.k as usize;
-    let truth = {
-        let _spinner = output::spinner(format, "computing exact ground truth");
-        let queries = Arc::clone(&queries);
-        tokio::task::spawn_blocking(move || ground_truth(&base, &queries, metric, k)).await?
-    };
-    let truth = Arc::new(truth);
+    if !args.filter_percent.is_empty() {
+        let _spinner = output::spinner(format, "pushing the filter's bucket feature");
+        push_buckets(&mut clients, &args.collection, n).await?;
+    }
 
     let load = match args.duration_secs {
         Some(secs) => Load::For(Duration::from_secs(secs)),
         None => Load::Requests(queries.rows() as u64 * u64::from(args.rounds)),
     };
-    let mut runs = Vec::with_capacity(args.concurrency.len());
-    for &concurrency in &args.concurrency {
-        let _spinner = output::spinner(format, format!("searching, concurrency {concurrency}"));
-        let level = Level {
-            collection: args.collection.clone(),
-            k: args.k,
-            params: args.params.to_wire(),
-            consistency: args.read.to_wire(),
-            concurrency,
-            load,
+    let mut runs = Vec::new();
+    // No filter first, then each filter level.
+    let filters = std::iter::once(None).chain(args.filter_percent.iter().map(|p| Some(*p)));
+    for percent in filters {
+        let truth = {
+            let _spinner = output::spinner(format, "computing exact ground truth");
+            let (base, queries) = (Arc::clone(&base), Arc::clone(&queries));
+            let keep = move |id: u64| percent.is_none_or(|p| bucket(id) < p);
+            Arc::new(
+                tokio::task::spawn_blocking(move || ground_truth(&base, &queries, metric, k, keep))
+                    .await?,
+            )
         };
-        runs.push(level.run(&clients, &queries, &truth).await?);
+        let filter = percent.map(|p| format!("{}:bucket < {p}", bench_view(&args.collection)));
+        for &concurrency in &args.concurrency {
+            let _spinner = output::spinner(format, format!("searching, concurrency {concurrency}"));
+            let level = Level {
+                collection: args.collection.clone(),
+                k: args.k,
+                params: args.params.to_wire(),
+                consistency: args.read.to_wire(),
+                concurrency,
+                load,
+                filter: filter.clone(),
+                kept: percent.map(|p| (0..n as u64).filter(|id| bucket(*id) < p).count()),
+            };
+            runs.push(level.run(&clients, &queries, &truth).await?);
+        }
     }
 
     let report = BenchReport {
@@ -243,6 +263,68 @@ async fn wait_ready(
     }
 }
 
+/// The filter benchmark's feature view of `collection`.
+fn bench_view(collection: &str) -> String {
+    format!("{collection}_bench")
+}
+
+/// Point `id`'s bucket, 0..100: a fixed hash (SplitMix64's finaliser), so buckets are spread
+/// evenly and independently of where the point lies.
+fn bucket(id: u64) -> u32 {
+    let mut z = id.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((z ^ (z >> 31)) % 100) as u32
+}
+
+/// Creates the filter benchmark's view (once) and pushes every point's bucket to it.
+async fn push_buckets(clients: &mut Clients, collection: &str, n: usize) -> Result<()> {
+    let view = v1::FeatureView {
+        name: bench_view(collection),
+        collection: collection.to_owned(),
+        fields: vec![v1::FeatureField {
+            name: "bucket".into(),
+            r#type: v1::FeatureType::Int64.into(),
+        }],
+        ..Default::default()
+    };
+    let created = clients
+        .features
+        .create_feature_view(v1::CreateFeatureViewRequest { view: Some(view) })
+        .await;
+    match created {
+        Err(status) if status.code() != Code::AlreadyExists => return Err(status.into()),
+        _ => {}
+    }
+    let event = shoal_proto::now_micros();
+    let ids: Vec<u64> = (0..n as u64).collect();
+    for chunk in ids.chunks(1000) {
+        let rows = chunk
+            .iter()
+            .map(|id| v1::FeatureRow {
+                entity_id: Some((*id).into()),
+                event_timestamp: event,
+                created_timestamp: 0,
+                values: [(
+                    "bucket".to_owned(),
+                    shoal_types::FeatureValue::Int64(i64::from(bucket(*id))).into(),
+                )]
+                .into(),
+            })
+            .collect();
+        let response = clients
+            .features
+            .push_features(v1::PushFeaturesRequest {
+                view: bench_view(collection),
+                rows,
+            })
+            .await?
+            .into_inner();
+        ensure_acknowledged(&response.failed_shards, response.unacknowledged.len())?;
+    }
+    Ok(())
+}
+
 /// `count` distinct base rows (all of them if there are fewer), chosen by a seeded RNG.
 fn sample_rows(base: &Matrix, count: usize, seed: u64) -> Matrix {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -257,8 +339,15 @@ fn sample_rows(base: &Matrix, count: usize, seed: u64) -> Matrix {
     }
 }
 
-/// The exact top-`k` base row indices for each query, best first, ties to the lower index.
-fn ground_truth(base: &Matrix, queries: &Matrix, metric: Metric, k: usize) -> Vec<Vec<u64>> {
+/// The exact top-`k` base row indices among those `keep` accepts for each query, best first,
+/// ties to the lower index.
+fn ground_truth(
+    base: &Matrix,
+    queries: &Matrix,
+    metric: Metric,
+    k: usize,
+    keep: impl Fn(u64) -> bool + Sync,
+) -> Vec<Vec<u64>> {
     let norms: Vec<f32> = match metric {
         Metric::Cosine => base
             .iter()
@@ -278,6 +367,7 @@ fn ground_truth(base: &Matrix, queries: &Matrix, metric: Metric, k: usize) -> Ve
             let mut scored: Vec<(f32, u64)> = base
                 .iter()
                 .enumerate()
+                .filter(|(i, _)| keep(*i as u64))
                 .map(|(i, v)| {
                     let distance = match metric {
                         Metric::L2 => metric.score(&query, v),
@@ -330,6 +420,9 @@ struct Level {
     consistency: i32,
     concurrency: u32,
     load: Load,
+    filter: Option<String>,
+    /// Points the filter keeps.
+    kept: Option<usize>,
 }
 
 /// What one worker measured.
@@ -370,6 +463,8 @@ impl Level {
         let seconds = start.elapsed().as_secs_f64();
         let requests = latency_us.len();
         Ok(RunReport {
+            filter: level.filter.clone(),
+            kept: level.kept,
             concurrency: level.concurrency,
             queries: requests,
             qps: requests as f64 / seconds,
@@ -415,6 +510,7 @@ impl Worker {
                 params: Some(self.level.params),
                 with_vectors: false,
                 consistency: self.level.consistency,
+                filter: self.level.filter.clone().unwrap_or_default(),
                 ..Default::default()
             };
             let sent = Instant::now();
@@ -523,6 +619,10 @@ async fn ingest(
 
 #[derive(Serialize)]
 struct RunReport {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filter: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kept: Option<usize>,
     concurrency: u32,
     queries: u64,
     qps: f64,
@@ -578,6 +678,10 @@ impl Report for BenchReport {
             .iter()
             .map(|r| {
                 vec![
+                    match (&r.filter, r.kept) {
+                        (Some(f), Some(kept)) => format!("{f} ({kept} points)"),
+                        _ => "-".to_owned(),
+                    },
                     r.concurrency.to_string(),
                     r.queries.to_string(),
                     format!("{:.1}", r.qps),
@@ -591,6 +695,7 @@ impl Report for BenchReport {
             .collect();
         let recall_header = format!("RECALL@{}", self.k);
         let headers = [
+            "FILTER",
             "CONCURRENCY",
             "QUERIES",
             "QPS",
@@ -664,7 +769,7 @@ mod tests {
         // Row 0 is long and off the query's direction, row 1 short and close to it, row 2 far.
         let base = matrix(2, &[10.0, 10.0, 1.0, 0.0, 0.0, 1.0]);
         let queries = matrix(2, &[1.0, 0.2]);
-        let top = |metric, k| ground_truth(&base, &queries, metric, k);
+        let top = |metric, k| ground_truth(&base, &queries, metric, k, |_| true);
         assert_eq!(top(Metric::L2, 3), vec![vec![1, 2, 0]]);
         assert_eq!(top(Metric::InnerProduct, 3), vec![vec![0, 1, 2]]);
         assert_eq!(top(Metric::Cosine, 3), vec![vec![1, 0, 2]]);
@@ -675,10 +780,23 @@ mod tests {
     fn ground_truth_breaks_ties_by_lower_id_and_clamps_k() {
         let base = matrix(1, &[3.0, 1.0, 1.0, 2.0, 1.0]);
         let queries = matrix(1, &[1.0, 3.0]);
-        let truth = ground_truth(&base, &queries, Metric::L2, 2);
+        let truth = ground_truth(&base, &queries, Metric::L2, 2, |_| true);
         assert_eq!(truth, vec![vec![1, 2], vec![0, 3]]);
-        let all = ground_truth(&base, &queries, Metric::L2, 10);
+        let all = ground_truth(&base, &queries, Metric::L2, 10, |_| true);
         assert_eq!(all[0], vec![1, 2, 4, 3, 0]);
+    }
+
+    #[test]
+    fn filtered_ground_truth_ranks_only_kept_points_and_buckets_are_even() {
+        let base = matrix(1, &[3.0, 1.0, 1.0, 2.0, 1.0]);
+        let queries = matrix(1, &[1.0]);
+        let odd = ground_truth(&base, &queries, Metric::L2, 2, |id| id % 2 == 1);
+        assert_eq!(odd, vec![vec![1, 3]]);
+        let mut counts = [0usize; 100];
+        for id in 0..100_000 {
+            counts[bucket(id) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
     }
 
     #[test]
@@ -686,7 +804,7 @@ mod tests {
         let base = matrix(2, &[0.0, 0.0, -1.0, 0.0]);
         let queries = matrix(2, &[1.0, 0.0]);
         assert_eq!(
-            ground_truth(&base, &queries, Metric::Cosine, 2),
+            ground_truth(&base, &queries, Metric::Cosine, 2, |_| true),
             vec![vec![1, 0]]
         );
     }

@@ -156,6 +156,27 @@ struct Knobs {
     nprobe: Option<u32>,
 }
 
+/// Most a sparse selector widens the search.
+const MAX_WIDENING: f64 = 8.0;
+
+/// `knobs` widened for a selector that lets through a share of the index below 90 %:
+/// efSearch and nprobe divided by the share (at most [`MAX_WIDENING`] times), since a graph
+/// walk or a probed list holds proportionally fewer selected points. Filters make such
+/// selectors; tombstones rarely do.
+fn widened(knobs: Knobs, live: &[u8], len: usize) -> Knobs {
+    let selected = live.iter().map(|b| b.count_ones() as usize).sum::<usize>();
+    let share = selected as f64 / len.max(1) as f64;
+    if share >= 0.9 {
+        return knobs;
+    }
+    let factor = (1.0 / share.max(f64::MIN_POSITIVE)).min(MAX_WIDENING);
+    let widen = |v: u32| ((f64::from(v) * factor).ceil() as u32).max(v);
+    Knobs {
+        ef_search: knobs.ef_search.map(widen),
+        nprobe: knobs.nprobe.map(widen),
+    }
+}
+
 /// A sealed FAISS index; positions are FAISS's sequential ids.
 struct FaissSegment {
     index: IndexImpl,
@@ -273,7 +294,10 @@ impl SealedIndex for FaissSegment {
         params: &SearchParams,
         live: Option<&[u8]>,
     ) -> Result<Vec<Vec<(f32, u32)>>> {
-        let wanted = self.wanted(params);
+        let mut wanted = self.wanted(params);
+        if let Some(live) = live {
+            wanted = widened(wanted, live, self.len);
+        }
         let current = self.knobs.read();
         if *current == wanted {
             return self.run(queries, k, wanted, live);

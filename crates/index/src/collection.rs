@@ -9,6 +9,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use shoal_types::{CollectionSpec, Error, PointId, Result, SearchParams};
 
+use crate::exact::exact_search;
 use crate::factory::{IndexFactory, SealedIndex, SegmentOrigin, VectorSource};
 use crate::segment::{Body, Segment, SegmentHits, SegmentState};
 use crate::topk::merge_top_k;
@@ -499,12 +500,14 @@ impl CollectionIndex {
     }
 
     /// Top-`k` live points for each query (`queries` row-major, as sent; prepared for the
-    /// metric in place), best first. CPU-heavy: call on a CPU pool.
+    /// metric in place), best first; with `allowed` (rows, ascending), among those rows
+    /// only. CPU-heavy: call on a CPU pool.
     pub fn search(
         &self,
         mut queries: Vec<f32>,
         k: usize,
         params: &SearchParams,
+        allowed: Option<&[u64]>,
     ) -> Result<Vec<Vec<Hit>>> {
         let (takes_ef, takes_nprobe) = self.search_knobs;
         if params.ef_search.is_some() && !takes_ef {
@@ -532,7 +535,7 @@ impl CollectionIndex {
         let mut per_query: Vec<SegmentHits> = vec![Vec::new(); nq];
         for seg in &segments {
             for (q, hits) in seg
-                .search(metric, dim, &queries, k, params)?
+                .search(metric, dim, &queries, k, params, allowed)?
                 .into_iter()
                 .enumerate()
             {
@@ -552,6 +555,37 @@ impl CollectionIndex {
                     .collect()
             })
             .collect())
+    }
+
+    /// Exact top-`k` among candidates (`ids`, `rows`, and `vectors` row-major, prepared
+    /// with [`Metric::prepare`](shoal_types::Metric::prepare))
+    /// for each query (`queries` row-major, as sent), best first: the search of very
+    /// selective filters. CPU-heavy: call on a CPU pool.
+    pub fn search_exact(
+        &self,
+        mut queries: Vec<f32>,
+        k: usize,
+        ids: &[PointId],
+        rows: &[u64],
+        vectors: &[f32],
+    ) -> Vec<Vec<Hit>> {
+        let dim = self.spec.dimension as usize;
+        let metric = self.spec.metric;
+        queries
+            .chunks_exact_mut(dim)
+            .for_each(|q| metric.prepare(q));
+        exact_search(metric, dim, vectors, &queries, k, |_| false)
+            .into_iter()
+            .map(|hits| {
+                hits.into_iter()
+                    .map(|(score, pos)| Hit {
+                        id: ids[pos as usize].clone(),
+                        score,
+                        row: rows[pos as usize],
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// Segments for describe: growing, then sealing, then sealed ones by row.

@@ -66,6 +66,22 @@ impl Segment {
         self.rows.binary_search(&row).ok()
     }
 
+    /// The live positions of `allowed` rows (ascending) that this segment holds, as a bitmap
+    /// in the layout of [`Tombstones::live_bitmap`].
+    fn allowed_bitmap(&self, allowed: &[u64]) -> Vec<u8> {
+        let mut bits = vec![0u8; self.rows.len().div_ceil(8)];
+        let from = allowed.partition_point(|r| *r < self.row_start);
+        let to = allowed.partition_point(|r| *r < self.row_end);
+        for row in &allowed[from..to] {
+            if let Some(pos) = self.position_of(*row) {
+                if !self.tombstones.is_deleted(pos) {
+                    bits[pos / 8] |= 1 << (pos % 8);
+                }
+            }
+        }
+        bits
+    }
+
     pub(crate) fn live_points(&self) -> usize {
         self.rows.len() - self.tombstones.count()
     }
@@ -94,7 +110,8 @@ impl Segment {
         body + (self.rows.len() * 8 + ids) as u64
     }
 
-    /// Top-`k` live points per query. `queries` are prepared for the metric.
+    /// Top-`k` live points per query. `queries` are prepared for the metric. With
+    /// `allowed` (rows, ascending), only those rows are candidates.
     pub(crate) fn search(
         &self,
         metric: Metric,
@@ -102,24 +119,43 @@ impl Segment {
         queries: &[f32],
         k: usize,
         params: &SearchParams,
+        allowed: Option<&[u64]>,
     ) -> Result<SegmentHits> {
+        let nothing = || Ok(vec![Vec::new(); queries.len() / dim]);
         if self.live_points() == 0 {
-            return Ok(vec![Vec::new(); queries.len() / dim]);
+            return nothing();
         }
+        // Candidate positions as a bitmap (bit set = may be returned), when not all live ones.
+        let candidates = match allowed {
+            Some(allowed) => {
+                let bitmap = self.allowed_bitmap(allowed);
+                if bitmap.iter().all(|b| *b == 0) {
+                    return nothing();
+                }
+                Some(bitmap)
+            }
+            None => (self.tombstones.count() > 0).then(|| self.tombstones.live_bitmap()),
+        };
+        let is_candidate = |pos: usize| {
+            candidates
+                .as_ref()
+                .is_none_or(|bits| bits[pos / 8] & (1 << (pos % 8)) != 0)
+        };
         let raw = match &self.body {
-            Body::Exact(vectors) => exact_search(metric, dim, vectors, queries, k, |pos| {
-                self.tombstones.is_deleted(pos)
-            }),
+            Body::Exact(vectors) => {
+                exact_search(metric, dim, vectors, queries, k, |pos| !is_candidate(pos))
+            }
             Body::Indexed { index, .. } => {
-                let live = (self.tombstones.count() > 0).then(|| self.tombstones.live_bitmap());
-                index.search(queries, k, params, live.as_deref())?
+                index.search(queries, k, params, candidates.as_deref())?
             }
         };
         Ok(raw
             .into_iter()
             .map(|hits| {
                 hits.into_iter()
-                    .filter(|(_, pos)| !self.tombstones.is_deleted(*pos as usize))
+                    .filter(|(_, pos)| {
+                        is_candidate(*pos as usize) && !self.tombstones.is_deleted(*pos as usize)
+                    })
                     .map(|(score, pos)| Scored {
                         score,
                         item: (self.ids[pos as usize].clone(), self.rows[pos as usize]),

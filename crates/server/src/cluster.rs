@@ -1311,6 +1311,33 @@ impl Cluster {
             .ok_or_else(|| shoal_raft::layout::unknown_view(name))
     }
 
+    /// `filter` checked against the views of `collection`, catching up with the meta leader
+    /// once if it does not resolve with the views this node knows.
+    pub async fn resolve_filter(
+        &self,
+        collection: &str,
+        filter: shoal_types::Filter,
+    ) -> Result<shoal_types::ResolvedFilter> {
+        let resolve = |layout: &ClusterState| {
+            let views: Vec<(u64, &shoal_types::FeatureViewSpec)> = layout
+                .views
+                .values()
+                .filter(|v| v.spec.collection == collection)
+                .map(|v| (v.id, &v.spec))
+                .collect();
+            filter
+                .clone()
+                .resolve(&views, &shoal_proto::json::parse_timestamp)
+        };
+        match resolve(&self.layout()) {
+            Ok(resolved) => Ok(resolved),
+            Err(_) => {
+                self.sync_layout().await?;
+                resolve(&self.layout())
+            }
+        }
+    }
+
     /// Keeps the repair loop off `groups` while the result lives, once the repairs under way
     /// on them have finished (UNAVAILABLE if they do not within a minute).
     async fn pause_repairs(&self, groups: &[GroupId]) -> Result<PausedRepairs> {

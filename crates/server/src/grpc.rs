@@ -26,7 +26,7 @@ use shoal_proto::{
 use shoal_raft::control;
 use shoal_router::grpc::{for_shard, requested_shard, ShardRef};
 use shoal_router::{shard_of, Router, ShardCall, ShardMap, ShardReply, Transport};
-use shoal_shard::{CollectionDescription, CpuPool, Shard};
+use shoal_shard::{CollectionDescription, CpuPool, SearchFilter, Shard};
 use shoal_types::{
     CollectionSpec, Command, Error, ErrorCode, FeatureStatus, FeatureValue, FeatureViewSpec, Point,
     PointId,
@@ -646,6 +646,22 @@ impl ShardExec {
                     }
                     Some(refs)
                 };
+                let filter = match req.filter.trim() {
+                    "" => None,
+                    text => {
+                        let parsed = shoal_types::Filter::parse(text).map_err(bad)?;
+                        let filter = self
+                            .cluster
+                            .resolve_filter(&req.collection, parsed)
+                            .await
+                            .map_err(bad)?;
+                        Some(SearchFilter {
+                            filter,
+                            as_of: req.as_of,
+                            horizon: req.as_of.unwrap_or_else(now_micros),
+                        })
+                    }
+                };
                 let shard = local.shard();
                 let params = search_params_from_wire(req.params);
                 let queries: Vec<Vec<f32>> = req.queries.into_iter().map(|q| q.values).collect();
@@ -659,7 +675,10 @@ impl ShardExec {
                 let (collection, with_vectors) = (req.collection.clone(), req.with_vectors);
                 let mut results = self
                     .search_pool
-                    .run(move || shard.search(&collection, &queries, k, &params, with_vectors))
+                    .run(move || {
+                        let filter = filter.as_ref();
+                        shard.search(&collection, &queries, k, &params, with_vectors, filter)
+                    })
                     .await
                     .map_err(bad)?
                     .map_err(bad)?;
@@ -678,9 +697,14 @@ impl ShardExec {
                         .map(|h| PointId::try_from(h.id.clone().unwrap_or_default()))
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(bad)?;
-                    let columns =
-                        feature_columns(local.shard(), req.collection.clone(), refs, ids, None)
-                            .await?;
+                    let columns = feature_columns(
+                        local.shard(),
+                        req.collection.clone(),
+                        refs,
+                        ids,
+                        req.as_of,
+                    )
+                    .await?;
                     for (row, hit) in hits.into_iter().enumerate() {
                         for column in &columns {
                             let (value, status, event) = column.cell(row);

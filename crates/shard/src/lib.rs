@@ -12,12 +12,14 @@
 //! This crate must not depend on FAISS, gRPC or any network code; the index implementation
 //! arrives as an [`IndexFactory`](shoal_index::IndexFactory).
 
+mod filter;
 mod maintenance;
 mod metrics;
 mod pool;
 mod shard;
 mod slot;
 
+pub use filter::SearchFilter;
 pub use maintenance::Maintenance;
 pub use metrics::ShardMetrics;
 pub use pool::CpuPool;

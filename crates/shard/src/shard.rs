@@ -1,12 +1,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use shoal_index::{
-    CollectionIndex, IndexFactory, IndexState, MaintenanceJob, SegmentConfig, SegmentFiles,
+    CollectionIndex, Hit, IndexFactory, IndexState, MaintenanceJob, SegmentConfig, SegmentFiles,
     SegmentMeta, SegmentOrigin, SegmentSummary, VectorSource,
 };
 use shoal_storage::Store;
@@ -15,6 +16,9 @@ use shoal_types::{
     Point, PointId, Result, SearchParams,
 };
 
+use crate::filter::{
+    Candidates, FilterCache, SearchFilter, EXACT_FILTER_CANDIDATES, EXACT_FILTER_SHARE,
+};
 use crate::metrics::ShardMetrics;
 
 const APPLIED: &str = "applied";
@@ -42,6 +46,9 @@ struct Collection {
     index: Arc<CollectionIndex>,
     /// Next storage row; advanced only by the applier.
     next_row: Mutex<u64>,
+    /// The sequence of the last command that wrote its points or features, set once the
+    /// write is visible; cached filter candidates are valid for one version.
+    version: AtomicU64,
 }
 
 /// The result of applying a command.
@@ -85,6 +92,7 @@ pub struct Shard {
     /// Serialises appliers; in a replicated node there is exactly one anyway.
     apply_lock: Mutex<()>,
     metrics: ShardMetrics,
+    filter_cache: FilterCache,
     /// Last: fields drop in order, so the database is closed before this deletes its files.
     retired: Retired,
 }
@@ -147,6 +155,7 @@ impl Shard {
             collections: RwLock::new(collections),
             apply_lock: Mutex::new(()),
             metrics,
+            filter_cache: FilterCache::default(),
             retired: Retired::default(),
         })
     }
@@ -183,6 +192,7 @@ impl Shard {
             id,
             index: Arc::new(index),
             next_row: Mutex::new(next_row),
+            version: AtomicU64::new(0),
         })
     }
 
@@ -327,6 +337,7 @@ impl Shard {
                 id,
                 index: Arc::new(index),
                 next_row: Mutex::new(0),
+                version: AtomicU64::new(sequence),
             }),
         );
         tracing::info!(collection = %spec.name, id, index = %spec.index, "collection created");
@@ -386,6 +397,7 @@ impl Shard {
         batch.commit(false)?;
         let affected = rows.len() as u64;
         coll.index.upsert(rows);
+        coll.version.store(sequence, Ordering::Release);
         Ok(Outcome { sequence, affected })
     }
 
@@ -401,6 +413,7 @@ impl Shard {
         batch.put_counter(APPLIED, sequence);
         batch.commit(false)?;
         let affected = coll.index.delete(ids) as u64;
+        coll.version.store(sequence, Ordering::Release);
         Ok(Outcome { sequence, affected })
     }
 
@@ -415,7 +428,7 @@ impl Shard {
         history_micros: i64,
         rows: Vec<FeatureRow>,
     ) -> Result<Outcome> {
-        self.collection(collection)?;
+        let coll = self.collection(collection)?;
         let mut newest: HashMap<PointId, i64> = HashMap::new();
         let mut batch = self.store.batch();
         for row in &rows {
@@ -444,6 +457,7 @@ impl Shard {
         }
         batch.put_counter(APPLIED, sequence);
         batch.commit(false)?;
+        coll.version.store(sequence, Ordering::Release);
         Ok(Outcome {
             sequence,
             affected: rows.len() as u64,
@@ -591,7 +605,8 @@ impl Shard {
             .map(|r| r.vector))
     }
 
-    /// k-NN search. CPU-heavy: call on a CPU pool.
+    /// k-NN search; with a filter, among the points whose features satisfy it. CPU-heavy:
+    /// call on a CPU pool.
     pub fn search(
         &self,
         name: &str,
@@ -599,6 +614,7 @@ impl Shard {
         k: u32,
         params: &SearchParams,
         with_vectors: bool,
+        filter: Option<&SearchFilter>,
     ) -> Result<Vec<Vec<SearchHit>>> {
         let limits = &self.config.limits;
         limits.check_k(k)?;
@@ -611,7 +627,10 @@ impl Shard {
             spec.check_vector(&format_args!("query {i}"), q)?;
             flat.extend_from_slice(q);
         }
-        let results = coll.index.search(flat, k as usize, params)?;
+        let results = match filter {
+            None => coll.index.search(flat, k as usize, params, None)?,
+            Some(filter) => self.search_filtered(&coll, flat, k as usize, params, filter)?,
+        };
         results
             .into_iter()
             .map(|hits| {
@@ -642,6 +661,84 @@ impl Shard {
                     .collect())
             })
             .collect()
+    }
+
+    /// The filter's candidates come from the feature rows (or the filter cache). Few
+    /// candidates (at most [`EXACT_FILTER_CANDIDATES`] or [`EXACT_FILTER_SHARE`] of the
+    /// points) are scored exactly from their stored vectors; more go to the index as an
+    /// allow-list.
+    fn search_filtered(
+        &self,
+        coll: &Collection,
+        queries: Vec<f32>,
+        k: usize,
+        params: &SearchParams,
+        filter: &SearchFilter,
+    ) -> Result<Vec<Vec<Hit>>> {
+        let version = coll.version.load(Ordering::Acquire);
+        let candidates = match self.filter_cache.get(coll.id, filter, version) {
+            Some(cached) => cached,
+            None => {
+                let (candidates, expiry) = self.filter_candidates(coll, filter)?;
+                let candidates = Arc::new(candidates);
+                self.filter_cache
+                    .put(coll.id, filter, version, expiry, Arc::clone(&candidates));
+                candidates
+            }
+        };
+        match &candidates.vectors {
+            None => coll
+                .index
+                .search(queries, k, params, Some(&candidates.rows)),
+            Some(vectors) => {
+                Ok(coll
+                    .index
+                    .search_exact(queries, k, &candidates.ids, &candidates.rows, vectors))
+            }
+        }
+    }
+
+    fn filter_candidates(
+        &self,
+        coll: &Collection,
+        filter: &SearchFilter,
+    ) -> Result<(Candidates, Option<i64>)> {
+        let (ids, expiry) = filter.matching(&self.store)?;
+        let mut found: Vec<(PointId, u64)> = coll
+            .index
+            .rows_of(&ids)
+            .into_iter()
+            .zip(ids)
+            .filter_map(|(row, id)| row.map(|row| (id, row)))
+            .collect();
+        found.sort_unstable_by_key(|(_, row)| *row);
+        let exact = found.len() <= EXACT_FILTER_CANDIDATES
+            || found.len() as f64 <= EXACT_FILTER_SHARE * coll.index.len() as f64;
+        let (ids, rows): (Vec<PointId>, Vec<u64>) = found.into_iter().unzip();
+        if !exact {
+            let candidates = Candidates {
+                ids,
+                rows,
+                vectors: None,
+            };
+            return Ok((candidates, expiry));
+        }
+        // A row that vanished since was overwritten or deleted: not a candidate any more.
+        let mut candidates = Candidates {
+            ids: Vec::with_capacity(ids.len()),
+            rows: Vec::with_capacity(rows.len()),
+            vectors: Some(Vec::new()),
+        };
+        let stored = self.store.rows(coll.id, &rows)?;
+        for ((id, row), stored) in ids.into_iter().zip(rows).zip(stored) {
+            if let (Some(mut stored), Some(vectors)) = (stored, candidates.vectors.as_mut()) {
+                coll.index.spec().metric.prepare(&mut stored.vector);
+                vectors.extend_from_slice(&stored.vector);
+                candidates.ids.push(id);
+                candidates.rows.push(row);
+            }
+        }
+        Ok((candidates, expiry))
     }
 
     /// Takes the next maintenance job of every collection that has one.
@@ -857,7 +954,7 @@ mod tests {
 
     fn search_ids(shard: &Shard, q: &[f32], k: u32) -> Vec<PointId> {
         shard
-            .search("c", &[q.to_vec()], k, &SearchParams::default(), false)
+            .search("c", &[q.to_vec()], k, &SearchParams::default(), false, None)
             .unwrap()[0]
             .iter()
             .map(|h| h.id.clone())
@@ -1197,6 +1294,133 @@ mod tests {
         assert!(copy_dir.exists());
         drop(copy);
         assert!(!copy_dir.exists());
+    }
+
+    #[test]
+    fn filtered_search_equals_brute_force_on_the_filtered_points_on_both_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = open(dir.path(), 1000);
+        let mut log = Applier {
+            shard: &shard,
+            seq: 0,
+        };
+        log.apply(Command::CreateCollection(spec("Flat", Metric::L2)))
+            .unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let points = random_points(&mut rng, 0..5000);
+        let mut model: BTreeMap<PointId, Vec<f32>> = BTreeMap::new();
+        for chunk in points.chunks(500) {
+            log.apply(Command::Upsert {
+                collection: "c".into(),
+                points: chunk.to_vec(),
+            })
+            .unwrap();
+            model.extend(chunk.iter().map(|p| (p.id.clone(), p.vector.clone())));
+        }
+        settle(&shard);
+        let view = shoal_types::FeatureViewSpec {
+            name: "attrs".into(),
+            collection: "c".into(),
+            fields: vec![shoal_types::FeatureField {
+                name: "bucket".into(),
+                ty: shoal_types::FeatureType::Int64,
+            }],
+            ttl_seconds: 0,
+            history_seconds: 0,
+        };
+        let push = |log: &mut Applier<'_>, rows: Vec<(u64, i64)>| {
+            log.apply(Command::PushFeatures {
+                collection: "c".into(),
+                view: 7,
+                history_micros: 0,
+                rows: rows
+                    .into_iter()
+                    .map(|(id, bucket)| FeatureRow {
+                        entity: PointId::Num(id),
+                        event_ts: 1_000,
+                        created_ts: 0,
+                        values: vec![FeatureValue::Int64(bucket)],
+                    })
+                    .collect(),
+            })
+            .unwrap();
+        };
+        let mut buckets: HashMap<u64, i64> = (0..5000).map(|id| (id, (id % 10) as i64)).collect();
+        push(&mut log, buckets.iter().map(|(id, b)| (*id, *b)).collect());
+        let filter = |text: &str| SearchFilter {
+            filter: shoal_types::Filter::parse(text)
+                .unwrap()
+                .resolve(&[(7, &view)], &|_| unreachable!())
+                .unwrap(),
+            as_of: None,
+            horizon: 2_000,
+        };
+        let check = |shard: &Shard,
+                     text: &str,
+                     keep: &dyn Fn(i64) -> bool,
+                     buckets: &HashMap<u64, i64>,
+                     model: &BTreeMap<PointId, Vec<f32>>| {
+            let kept: BTreeMap<PointId, Vec<f32>> = model
+                .iter()
+                .filter(|(id, _)| match id {
+                    PointId::Num(n) => buckets.get(n).is_some_and(|b| keep(*b)),
+                    PointId::Str(_) => false,
+                })
+                .map(|(id, v)| (id.clone(), v.clone()))
+                .collect();
+            let mut rng = ChaCha8Rng::seed_from_u64(5);
+            for _ in 0..20 {
+                let q: Vec<f32> = (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let f = filter(text);
+                let hits = shard
+                    .search(
+                        "c",
+                        std::slice::from_ref(&q),
+                        10,
+                        &SearchParams::default(),
+                        false,
+                        Some(&f),
+                    )
+                    .unwrap();
+                let got: Vec<PointId> = hits[0].iter().map(|h| h.id.clone()).collect();
+                assert_eq!(got, brute_force(Metric::L2, &kept, &q, 10), "{text}");
+            }
+        };
+        // 500 candidates: scored exactly; 2500 (over 2048 and 5 %): through the index.
+        check(&shard, "attrs:bucket < 1", &|b| b < 1, &buckets, &model);
+        check(&shard, "attrs:bucket < 5", &|b| b < 5, &buckets, &model);
+        check(
+            &shard,
+            "not attrs:bucket in [0, 2, 4, 6, 8]",
+            &|b| b % 2 == 1,
+            &buckets,
+            &model,
+        );
+        // Writes after a cached search count at once: new rows, new points, deletes.
+        push(&mut log, vec![(1, 0), (10, 7)]);
+        buckets.insert(1, 0);
+        buckets.insert(10, 7);
+        check(&shard, "attrs:bucket < 1", &|b| b < 1, &buckets, &model);
+        let deleted: Vec<PointId> = (0..5000).step_by(20).map(PointId::Num).collect();
+        log.apply(Command::Delete {
+            collection: "c".into(),
+            ids: deleted.clone(),
+        })
+        .unwrap();
+        for id in &deleted {
+            model.remove(id);
+        }
+        let fresh = random_points(&mut rng, 5000..5100);
+        log.apply(Command::Upsert {
+            collection: "c".into(),
+            points: fresh.clone(),
+        })
+        .unwrap();
+        model.extend(fresh.iter().map(|p| (p.id.clone(), p.vector.clone())));
+        push(&mut log, (5000..5100).map(|id| (id, 0)).collect());
+        buckets.extend((5000..5100).map(|id| (id, 0)));
+        check(&shard, "attrs:bucket < 1", &|b| b < 1, &buckets, &model);
+        check(&shard, "attrs:bucket < 5", &|b| b < 5, &buckets, &model);
     }
 
     #[test]

@@ -347,6 +347,66 @@ impl Store {
             .collect()
     }
 
+    /// Visits every entity of view `view` with its newest row whose event time is at most
+    /// `as_of` (the newest of all without): `(entity, event_ts, values)`, in key order.
+    /// Entities whose rows are all later than `as_of` are skipped.
+    pub fn scan_feature_view<T: DeserializeOwned>(
+        &self,
+        view: u64,
+        as_of: Option<i64>,
+        mut visit: impl FnMut(PointId, i64, T) -> Result<()>,
+    ) -> Result<()> {
+        let as_of = as_of.unwrap_or(i64::MAX);
+        let (from, to) = (
+            view.to_be_bytes(),
+            view.checked_add(1).map(u64::to_be_bytes),
+        );
+        // The visible version of the entity being read: its id bytes, event time, value.
+        let mut current: Option<(Vec<u8>, i64, Vec<u8>)> = None;
+        let mut emit = |row: Option<(Vec<u8>, i64, Vec<u8>)>| -> Result<()> {
+            match row {
+                Some((id, event, value)) => visit(
+                    PointId::from_key_bytes(&id)?,
+                    event,
+                    decode("feature row", &value)?,
+                ),
+                None => Ok(()),
+            }
+        };
+        let mut entity: Vec<u8> = Vec::new();
+        let corrupt = || Error::internal("corrupt feature row key");
+        self.scan(
+            CF_FEATURES,
+            "scanning a feature view",
+            &from,
+            to.as_ref().map_or(&[0xff; 9][..], |t| &t[..]),
+            |key, value| {
+                let len = u16::from_be_bytes(
+                    key.get(8..10)
+                        .ok_or_else(corrupt)?
+                        .try_into()
+                        .map_err(|_| corrupt())?,
+                ) as usize;
+                let (id, times) = (
+                    key.get(10..10 + len).ok_or_else(corrupt)?,
+                    key.get(10 + len..)
+                        .filter(|t| t.len() == 16)
+                        .ok_or_else(corrupt)?,
+                );
+                if id != entity.as_slice() {
+                    emit(current.take())?;
+                    entity = id.to_vec();
+                }
+                let event = i64_from_ordered(&times[..8])?;
+                if event <= as_of {
+                    current = Some((entity.clone(), event, value.to_vec()));
+                }
+                Ok(())
+            },
+        )?;
+        emit(current.take())
+    }
+
     /// The event time of `entity`'s oldest version in view `view`, if it has one.
     pub fn oldest_feature_event(&self, view: u64, entity: &PointId) -> Result<Option<i64>> {
         let prefix = feature_prefix(view, entity);

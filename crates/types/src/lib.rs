@@ -8,6 +8,7 @@
 mod command;
 mod error;
 mod features;
+mod filter;
 mod id;
 mod limits;
 mod metric;
@@ -19,6 +20,9 @@ pub use features::{
     FeatureField, FeatureRow, FeatureStatus, FeatureType, FeatureValue, FeatureViewSpec,
     DEFAULT_HISTORY_SECONDS, MAX_FEATURE_CELLS, MAX_FEATURE_FIELDS, MAX_FEATURE_REFS,
     MAX_FUTURE_MICROS,
+};
+pub use filter::{
+    CmpOp, FieldSlot, Filter, FilterView, Literal, ResolvedFilter, MAX_FILTER_DEPTH, MAX_FILTER_LEN,
 };
 pub use id::PointId;
 pub use limits::Limits;

@@ -38,6 +38,14 @@ pub struct SearchArgs {
     /// Features to print with every hit, VIEW:FIELD (comma-separated or repeated).
     #[arg(long, value_delimiter = ',')]
     with_features: Vec<String>,
+    /// Only points whose features satisfy EXPR, e.g. "stats:rating >= 4.5 and stats:city in
+    /// ['Oslo', 'Bergen']" (docs/api.md, "Filters").
+    #[arg(long, value_name = "EXPR")]
+    filter: Option<String>,
+    /// Point in time of --filter and --with-features (RFC 3339 or microseconds since the
+    /// epoch) [default: now].
+    #[arg(long)]
+    as_of: Option<String>,
     #[command(flatten)]
     params: SearchParamsArgs,
     /// Also print the vectors of the hits.
@@ -86,6 +94,11 @@ pub async fn run(mut clients: Clients, format: Format, args: SearchArgs) -> Resu
     let query_bytes = (dim * 4).max(args.k as usize * hit_bytes);
     let per_request = items_per_request(query_bytes, Limits::default().max_queries_per_search);
 
+    let as_of = args
+        .as_of
+        .as_deref()
+        .map(shoal_proto::json::parse_timestamp)
+        .transpose()?;
     let mut results = Vec::with_capacity(queries.len());
     for chunk in queries.chunks(per_request) {
         let request = v1::SearchRequest {
@@ -101,6 +114,8 @@ pub async fn run(mut clients: Clients, format: Format, args: SearchArgs) -> Resu
             offset: args.offset,
             require_all_shards: args.require_all_shards,
             with_features: args.with_features.clone(),
+            filter: args.filter.clone().unwrap_or_default(),
+            as_of,
         };
         let response = clients.points.search(request).await?.into_inner();
         if !response.missing_shards.is_empty() {

@@ -703,3 +703,80 @@ fn feast_sdk_remote_online_store_writes_and_reads_through_shoal() {
         node.log()
     );
 }
+
+/// The CLI contract end to end: rows pushed from a CSV file are read back by `features get`
+/// and select the hits of `search --filter`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn csv_pushes_feed_online_reads_and_filtered_search_through_shoalctl() {
+    let cluster = Cluster::start(1);
+    let node = cluster.node(1);
+    drivers_with_stats(node, &[]);
+    let mut points = shoal_proto::v1::point_service_client::PointServiceClient::new(node.channel());
+    points
+        .upsert(v1::UpsertRequest {
+            collection: "drivers".into(),
+            points: (0..10u64)
+                .map(|id| v1::Point {
+                    id: Some(id.into()),
+                    vector: vec![id as f32, 0.0],
+                })
+                .collect(),
+        })
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stats.csv");
+    let mut csv = String::from("id,event_timestamp,trips,conv_rate\n");
+    for id in 0..10 {
+        // Odd ids leave conv_rate empty: null.
+        let rate = if id % 2 == 0 {
+            format!("{}.5", id)
+        } else {
+            String::new()
+        };
+        csv.push_str(&format!("{id},2026-11-26T08:00:00Z,{},{rate}\n", 100 + id));
+    }
+    std::fs::write(&file, csv).unwrap();
+    let file = file.to_str().unwrap();
+    node.shoalctl_ok(&[
+        "features",
+        "push",
+        "drivers",
+        "driver_stats",
+        "--file",
+        file,
+    ]);
+
+    let got = node.shoalctl_json(&[
+        "features",
+        "get",
+        "drivers",
+        "driver_stats:trips",
+        "driver_stats:conv_rate",
+        "--ids",
+        "4",
+        "5",
+    ]);
+    let text = got.to_string();
+    for wanted in ["104", "4.5", "105", "NULL_VALUE"] {
+        assert!(text.contains(wanted), "{wanted} not in {text}");
+    }
+
+    let found = node.shoalctl_json(&[
+        "search",
+        "drivers",
+        "--vector",
+        "0,0",
+        "--k",
+        "10",
+        "--filter",
+        "driver_stats:trips >= 103 and driver_stats:conv_rate > 0",
+    ]);
+    let ids: Vec<u64> = found[0]
+        .as_array()
+        .unwrap_or_else(|| panic!("no hits in {found}"))
+        .iter()
+        .map(|hit| hit["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![4, 6, 8], "{found}");
+}

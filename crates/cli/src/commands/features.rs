@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, Subcommand};
@@ -25,7 +25,9 @@ pub enum FeaturesCommand {
     #[command(subcommand)]
     View(ViewCommand),
     /// Push rows from a JSON Lines file: {"id": 5 | "key", "event_timestamp": RFC 3339 or
-    /// microseconds, "created_timestamp": optional, "features": {"FIELD": value, ...}}.
+    /// microseconds, "created_timestamp": optional, "features": {"FIELD": value, ...}}; or
+    /// from a CSV file (name ending in .csv) with columns id, event_timestamp, optionally
+    /// created_timestamp, and one per field (an empty cell is null).
     Push {
         collection: String,
         view: String,
@@ -127,14 +129,16 @@ async fn view_of(clients: &mut Clients, collection: &str, view: &str) -> Result<
     Ok(FeatureViewSpec::try_from(wire)?)
 }
 
-/// The rows of a JSON Lines file, checked against `view`.
-fn read_rows(path: &PathBuf, view: &FeatureViewSpec) -> Result<Vec<v1::FeatureRow>> {
+/// The rows of a JSON Lines file, or of a CSV file when its name ends in `.csv`, checked
+/// against `view`.
+fn read_rows(path: &Path, view: &FeatureViewSpec) -> Result<Vec<v1::FeatureRow>> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let types: HashMap<&str, FeatureType> = view
-        .fields
-        .iter()
-        .map(|f| (f.name.as_str(), f.ty))
-        .collect();
+    let is_csv = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    if is_csv {
+        return read_csv(file, path, view);
+    }
     let mut rows = Vec::new();
     for (n, line) in BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("cannot read {}", path.display()))?;
@@ -143,38 +147,105 @@ fn read_rows(path: &PathBuf, view: &FeatureViewSpec) -> Result<Vec<v1::FeatureRo
         }
         let at = format!("{} line {}", path.display(), n + 1);
         let json: Value = serde_json::from_str(&line).with_context(|| at.clone())?;
-        let id: Id = serde_json::from_value(json.get("id").cloned().unwrap_or(Value::Null))
-            .with_context(|| format!("{at}: \"id\" must be a number or a string"))?;
-        let event = json::timestamp_from_json(
-            json.get("event_timestamp")
-                .with_context(|| format!("{at}: no \"event_timestamp\""))?,
-            &format!("{at}: event_timestamp"),
-        )?;
-        let created = match json.get("created_timestamp") {
-            None | Some(Value::Null) => 0,
-            Some(v) => json::timestamp_from_json(v, &format!("{at}: created_timestamp"))?,
-        };
-        let Some(Value::Object(features)) = json.get("features") else {
-            bail!("{at}: \"features\" must be an object of FIELD: value");
-        };
-        let mut values = HashMap::new();
-        for (field, value) in features {
-            let ty = types.get(field.as_str()).with_context(|| {
-                format!("{at}: feature view {:?} has no field {field:?}", view.name)
-            })?;
-            values.insert(
-                field.clone(),
-                json::feature_value_from_json(value, *ty, &format!("{at}: {field}"))?,
-            );
-        }
-        rows.push(v1::FeatureRow {
-            entity_id: Some(id.into()),
-            event_timestamp: event,
-            created_timestamp: created,
-            values,
-        });
+        rows.push(row_from_json(&json, view, &at)?);
     }
     Ok(rows)
+}
+
+/// CSV with a header: `id`, `event_timestamp`, optionally `created_timestamp`, then one
+/// column per field (any subset, any order). An empty cell is null; float lists are JSON
+/// arrays ("[0.5, 1]").
+fn read_csv(file: File, path: &Path, view: &FeatureViewSpec) -> Result<Vec<v1::FeatureRow>> {
+    let mut reader = csv::Reader::from_reader(file);
+    let header: Vec<String> = reader
+        .headers()
+        .with_context(|| format!("{}: cannot read the header", path.display()))?
+        .iter()
+        .map(|h| h.trim().to_owned())
+        .collect();
+    for required in ["id", "event_timestamp"] {
+        ensure!(
+            header.iter().any(|h| h == required),
+            "{}: the header has no {required:?} column",
+            path.display()
+        );
+    }
+    let mut rows = Vec::new();
+    for (n, record) in reader.records().enumerate() {
+        // Line numbers count the header.
+        let at = format!("{} line {}", path.display(), n + 2);
+        let record = record.with_context(|| at.clone())?;
+        let mut row = serde_json::Map::new();
+        let mut features = serde_json::Map::new();
+        for (column, cell) in header.iter().zip(record.iter()) {
+            match column.as_str() {
+                "id" => {
+                    let id = cell
+                        .trim()
+                        .parse::<u64>()
+                        .map_or_else(|_| Value::from(cell), Value::from);
+                    row.insert("id".into(), id);
+                }
+                "event_timestamp" | "created_timestamp" if !cell.trim().is_empty() => {
+                    row.insert(column.clone(), Value::from(cell.trim()));
+                }
+                "event_timestamp" | "created_timestamp" => {}
+                _ if cell.is_empty() => {}
+                field => {
+                    let text_typed = view.field(field).is_some_and(|(_, f)| {
+                        matches!(
+                            f.ty,
+                            FeatureType::String | FeatureType::Bytes | FeatureType::Timestamp
+                        )
+                    });
+                    let value = if text_typed {
+                        Value::from(cell)
+                    } else {
+                        serde_json::from_str(cell.trim()).unwrap_or_else(|_| Value::from(cell))
+                    };
+                    features.insert(field.to_owned(), value);
+                }
+            }
+        }
+        row.insert("features".into(), Value::Object(features));
+        rows.push(row_from_json(&Value::Object(row), view, &at)?);
+    }
+    Ok(rows)
+}
+
+/// One row: {"id": 5 | "key", "event_timestamp": ..., "created_timestamp": optional,
+/// "features": {"FIELD": value, ...}}, checked against `view`.
+fn row_from_json(json: &Value, view: &FeatureViewSpec, at: &str) -> Result<v1::FeatureRow> {
+    let id: Id = serde_json::from_value(json.get("id").cloned().unwrap_or(Value::Null))
+        .with_context(|| format!("{at}: \"id\" must be a number or a string"))?;
+    let event = json::timestamp_from_json(
+        json.get("event_timestamp")
+            .with_context(|| format!("{at}: no \"event_timestamp\""))?,
+        &format!("{at}: event_timestamp"),
+    )?;
+    let created = match json.get("created_timestamp") {
+        None | Some(Value::Null) => 0,
+        Some(v) => json::timestamp_from_json(v, &format!("{at}: created_timestamp"))?,
+    };
+    let Some(Value::Object(features)) = json.get("features") else {
+        bail!("{at}: \"features\" must be an object of FIELD: value");
+    };
+    let mut values = HashMap::new();
+    for (field, value) in features {
+        let (_, spec) = view.field(field).with_context(|| {
+            format!("{at}: feature view {:?} has no field {field:?}", view.name)
+        })?;
+        values.insert(
+            field.clone(),
+            json::feature_value_from_json(value, spec.ty, &format!("{at}: {field}"))?,
+        );
+    }
+    Ok(v1::FeatureRow {
+        entity_id: Some(id.into()),
+        event_timestamp: event,
+        created_timestamp: created,
+        values,
+    })
 }
 
 pub async fn run(mut clients: Clients, format: Format, command: FeaturesCommand) -> Result<()> {
@@ -610,4 +681,90 @@ async fn bench(clients: &mut Clients, format: Format, args: BenchArgs) -> Result
         }
     }
     output::print(format, &BenchReport(rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_types::FeatureField;
+
+    use super::*;
+
+    fn view() -> FeatureViewSpec {
+        let field = |name: &str, ty| FeatureField {
+            name: name.into(),
+            ty,
+        };
+        FeatureViewSpec {
+            name: "stats".into(),
+            collection: "drivers".into(),
+            fields: vec![
+                field("rate", FeatureType::Double),
+                field("trips", FeatureType::Int64),
+                field("city", FeatureType::String),
+                field("vip", FeatureType::Bool),
+                field("emb", FeatureType::FloatList),
+            ],
+            ttl_seconds: 0,
+            history_seconds: 0,
+        }
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn csv_and_json_lines_read_as_the_same_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = write(
+            dir.path(),
+            "rows.csv",
+            "id,event_timestamp,trips,rate,city,vip,emb\n\
+             7,2026-11-26T08:00:00Z,12,0.5,\"Oslo, Norway\",true,\"[1, 2.5]\"\n\
+             driver_9,1767225600000000,,1,,false,\n",
+        );
+        let jsonl = write(
+            dir.path(),
+            "rows.jsonl",
+            "{\"id\": 7, \"event_timestamp\": \"2026-11-26T08:00:00Z\", \"features\": \
+             {\"trips\": 12, \"rate\": 0.5, \"city\": \"Oslo, Norway\", \"vip\": true, \
+             \"emb\": [1, 2.5]}}\n\
+             {\"id\": \"driver_9\", \"event_timestamp\": 1767225600000000, \"features\": \
+             {\"rate\": 1, \"vip\": false}}\n",
+        );
+        let from_csv = read_rows(&csv, &view()).unwrap();
+        assert_eq!(from_csv.len(), 2);
+        assert_eq!(from_csv, read_rows(&jsonl, &view()).unwrap());
+        assert!(
+            !from_csv[1].values.contains_key("trips"),
+            "empty cells are null"
+        );
+    }
+
+    #[test]
+    fn bad_csv_names_the_line_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, wanted) in [
+            ("event_timestamp,trips\n1,2\n", "no \"id\" column"),
+            (
+                "id,event_timestamp,trips\n1,2026-11-26T08:00:00Z,many\n",
+                "line 2",
+            ),
+            (
+                "id,event_timestamp,speed\n1,2026-11-26T08:00:00Z,3\n",
+                "no field \"speed\"",
+            ),
+            ("id,event_timestamp\n1,yesterday\n", "event_timestamp"),
+            (
+                "id,event_timestamp,trips\n1,2026-11-26T08:00:00Z\n",
+                "line 2",
+            ),
+        ] {
+            let path = write(dir.path(), "bad.csv", text);
+            let err = format!("{:#}", read_rows(&path, &view()).unwrap_err());
+            assert!(err.contains(wanted), "{text:?}: {err}");
+        }
+    }
 }

@@ -72,11 +72,15 @@ impl Segment {
         let mut bits = vec![0u8; self.rows.len().div_ceil(8)];
         let from = allowed.partition_point(|r| *r < self.row_start);
         let to = allowed.partition_point(|r| *r < self.row_end);
-        for row in &allowed[from..to] {
-            if let Some(pos) = self.position_of(*row) {
-                if !self.tombstones.is_deleted(pos) {
-                    bits[pos / 8] |= 1 << (pos % 8);
-                }
+        // Both lists ascend: one merge walk, linear in the two lengths.
+        let mut wanted = allowed[from..to].iter().peekable();
+        for (pos, row) in self.rows.iter().enumerate() {
+            while wanted.next_if(|w| **w < *row).is_some() {}
+            if wanted.next_if_eq(&row).is_some() && !self.tombstones.is_deleted(pos) {
+                bits[pos / 8] |= 1 << (pos % 8);
+            }
+            if wanted.peek().is_none() {
+                break;
             }
         }
         bits

@@ -259,12 +259,29 @@ fn compare(stored: &FeatureValue, wanted: &FeatureValue) -> Option<Ordering> {
     match (stored, wanted) {
         (V::Bool(a), V::Bool(b)) => Some(a.cmp(b)),
         (V::Int64(a), V::Int64(b)) => Some(a.cmp(b)),
-        (V::Int64(a), V::Double(b)) => (*a as f64).partial_cmp(b),
+        (V::Int64(a), V::Double(b)) => compare_int_with_float(*a, *b),
         (V::Double(a), V::Double(b)) => a.partial_cmp(b),
         (V::String(a), V::String(b)) => Some(a.cmp(b)),
         (V::Timestamp(a), V::Timestamp(b)) => Some(a.cmp(b)),
         _ => None,
     }
+}
+
+/// `a` against `b` exactly, without rounding `a` to a double (which loses integers past 2^53).
+fn compare_int_with_float(a: i64, b: f64) -> Option<Ordering> {
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    if b.is_nan() {
+        return None;
+    }
+    if b >= TWO_63 {
+        return Some(Ordering::Less);
+    }
+    if b < -TWO_63 {
+        return Some(Ordering::Greater);
+    }
+    let whole = b.trunc();
+    // In range: the whole part is an i64 exactly; the fraction breaks a tie.
+    Some(a.cmp(&(whole as i64)).then(whole.partial_cmp(&b)?))
 }
 
 impl Filter<FieldSlot, FeatureValue> {
@@ -724,6 +741,24 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn integers_compare_with_decimals_exactly() {
+        use Ordering::*;
+        for (a, b, wanted) in [
+            (3, 3.5, Less),
+            (3, 3.0, Equal),
+            (0, -0.5, Greater),
+            (-1, -0.5, Less),
+            (9_007_199_254_740_993, 9_007_199_254_740_992.0, Greater),
+            (i64::MAX, 9_223_372_036_854_775_808.0, Less),
+            (i64::MIN, -9_223_372_036_854_775_808.0, Equal),
+            (i64::MIN, -1e19, Greater),
+        ] {
+            assert_eq!(compare_int_with_float(a, b), Some(wanted), "{a} vs {b}");
+        }
+        assert_eq!(compare_int_with_float(1, f64::NAN), None);
     }
 
     #[test]

@@ -22,7 +22,7 @@ export SHOAL_GLOVE ?= $(CURDIR)/data/glove-50.npy
 
 CARGO ?= cargo
 
-.PHONY: help setup build data lint test demo bench bench-cluster bench-shards bench-features clean-data feast-venv
+.PHONY: help setup build data lint test demo bench bench-cluster bench-shards bench-features bench-filter clean-data feast-venv
 
 help:
 	@echo "make setup       install missing apt packages (as root), check CPU and Rust"
@@ -35,6 +35,7 @@ help:
 	@echo "make bench-cluster  setup, build, data, then scripts/bench-cluster.sh (3 nodes: R=1 vs R=3, failover, catch-up)"
 	@echo "make bench-shards   setup, build, data, then scripts/bench-shards.sh (1/2/4/8 shards on one node, 3 nodes R=1/R=3, FAISS)"
 	@echo "make bench-features setup, build, then scripts/bench-features.sh (get_online_features latency, gRPC and HTTP)"
+	@echo "make bench-filter   setup, build, data, then scripts/bench-filter.sh (filtered search QPS and recall at 1/10/50%)"
 	@echo "make clean-data  delete the fetched data sets (data/)"
 
 setup:
@@ -78,6 +79,9 @@ bench-shards: setup build data
 
 bench-features: setup build
 	bash scripts/bench-features.sh
+
+bench-filter: setup build data
+	bash scripts/bench-filter.sh
 
 clean-data:
 	rm -rf data

@@ -81,6 +81,7 @@ fn get(
         entity_ids: ids.iter().map(|id| (*id).into()).collect(),
         as_of,
         consistency: consistency.into(),
+        ..Default::default()
     }
 }
 
@@ -779,4 +780,132 @@ async fn csv_pushes_feed_online_reads_and_filtered_search_through_shoalctl() {
         .map(|hit| hit["id"].as_u64().unwrap())
         .collect();
     assert_eq!(ids, vec![4, 6, 8], "{found}");
+}
+
+/// Feature services: created over gRPC and shoalctl, read by name over gRPC, shoalctl and the
+/// Feast HTTP API, and guarded: unknown names, both features and a service, dropping a view a
+/// service reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn feature_services_are_read_by_name_everywhere() {
+    let cluster = Cluster::start(2);
+    let node = cluster.node(1);
+    drivers_with_stats(node, &[]);
+    node.shoalctl_ok(&[
+        "features",
+        "service",
+        "create",
+        "driver_activity",
+        "--features",
+        "driver_stats:trips,driver_stats:conv_rate",
+    ]);
+    let mut client = features(&cluster, 2).await;
+    let now = now_micros();
+    let mut rows: Vec<v1::FeatureRow> = (0..4).map(|id| row(id, now, 0, 10 + id as i64)).collect();
+    rows[1].values.insert(
+        "conv_rate".into(),
+        v1::FeatureValue {
+            kind: Some(Kind::DoubleValue(0.25)),
+        },
+    );
+    client
+        .push_features(v1::PushFeaturesRequest {
+            view: "driver_stats".into(),
+            rows,
+        })
+        .await
+        .unwrap();
+
+    // gRPC, through the node that did not create the service.
+    let read = client
+        .get_online_features(v1::GetOnlineFeaturesRequest {
+            feature_service: "driver_activity".into(),
+            entity_ids: vec![1u64.into(), 9u64.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        read.feature_names,
+        vec!["driver_stats:trips", "driver_stats:conv_rate"]
+    );
+    assert_eq!(read.results[0].values[0].kind, Some(Kind::Int64Value(11)));
+    assert_eq!(
+        read.results[1].values[0].kind,
+        Some(Kind::DoubleValue(0.25))
+    );
+    assert_eq!(
+        read.results[0].statuses[1],
+        v1::FeatureStatus::NotFound as i32,
+        "entity 9 has no row"
+    );
+
+    // shoalctl and the Feast HTTP API.
+    let listed = node
+        .shoalctl_json(&["features", "service", "list"])
+        .to_string();
+    assert!(listed.contains("driver_activity"), "{listed}");
+    let got = node
+        .shoalctl_json(&[
+            "features",
+            "get",
+            "drivers",
+            "--service",
+            "driver_activity",
+            "--ids",
+            "1",
+        ])
+        .to_string();
+    assert!(got.contains("0.25") && got.contains("11"), "{got}");
+    let (status, body) = http_post(
+        cluster.node(2).http,
+        "/get-online-features",
+        r#"{"feature_service": "driver_activity", "entities": {"id": [1]}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["metadata"]["feature_names"],
+        serde_json::json!(["id", "trips", "conv_rate"])
+    );
+    assert_eq!(body["results"][2]["values"], serde_json::json!([0.25]));
+
+    // Bad input.
+    let status = client
+        .get_online_features(v1::GetOnlineFeaturesRequest {
+            feature_service: "nope".into(),
+            entity_ids: vec![1u64.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    let status = client
+        .get_online_features(v1::GetOnlineFeaturesRequest {
+            feature_service: "driver_activity".into(),
+            features: vec!["driver_stats:trips".into()],
+            entity_ids: vec![1u64.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let out = node.shoalctl(&[
+        "features",
+        "service",
+        "create",
+        "bad",
+        "--features",
+        "driver_stats:nope",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no field"));
+    let out = node.shoalctl(&["features", "view", "drop", "driver_stats"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("uses feature view"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.shoalctl_ok(&["features", "service", "drop", "driver_activity"]);
+    node.shoalctl_ok(&["features", "view", "drop", "driver_stats"]);
 }

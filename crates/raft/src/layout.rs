@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use shoal_types::{CollectionSpec, Error, ErrorCode, FeatureViewSpec, Result};
+use shoal_types::{CollectionSpec, Error, ErrorCode, FeatureServiceSpec, FeatureViewSpec, Result};
 
 use crate::{GroupId, NodeId};
 
@@ -108,6 +108,8 @@ pub struct ClusterState {
     /// Feature views by name (unique across the cluster).
     pub views: BTreeMap<String, FeatureView>,
     pub next_view: u64,
+    /// Feature services by name.
+    pub services: BTreeMap<String, FeatureServiceSpec>,
 }
 
 impl Default for ClusterState {
@@ -120,6 +122,7 @@ impl Default for ClusterState {
             retired: Default::default(),
             views: BTreeMap::new(),
             next_view: 1,
+            services: BTreeMap::new(),
         }
     }
 }
@@ -177,6 +180,13 @@ pub enum MetaCommand {
     DropFeatureView {
         name: String,
     },
+    /// Names a list of features of existing views of one collection.
+    CreateFeatureService {
+        spec: FeatureServiceSpec,
+    },
+    DropFeatureService {
+        name: String,
+    },
 }
 
 /// What an applied [`MetaCommand`] did.
@@ -192,6 +202,16 @@ pub enum MetaOutcome {
 /// The error for a feature view that does not exist.
 pub fn unknown_view(name: &str) -> Error {
     Error::not_found(format!("feature view {name:?} does not exist"))
+}
+
+/// The error for a feature service that does not exist.
+pub fn unknown_service(name: &str) -> Error {
+    Error::not_found(format!("feature service {name:?} does not exist"))
+}
+
+/// The view of a "view:field" reference.
+fn view_of(feature: &str) -> Option<&str> {
+    feature.split_once(':').map(|(view, _)| view)
 }
 
 fn unknown_node(id: NodeId) -> Error {
@@ -248,6 +268,12 @@ impl ClusterState {
                     return Err(Error::unknown_collection(&name));
                 }
                 self.views.retain(|_, v| v.spec.collection != name);
+                let views = &self.views;
+                self.services.retain(|_, s| {
+                    s.features
+                        .iter()
+                        .all(|f| view_of(f).is_some_and(|v| views.contains_key(v)))
+                });
             }
             MetaCommand::CreateFeatureView { spec } => {
                 spec.validate()?;
@@ -266,8 +292,58 @@ impl ClusterState {
                     .insert(spec.name.clone(), FeatureView { id, spec });
             }
             MetaCommand::DropFeatureView { name } => {
-                if self.views.remove(&name).is_none() {
+                if !self.views.contains_key(&name) {
                     return Err(unknown_view(&name));
+                }
+                if let Some(service) = self
+                    .services
+                    .values()
+                    .find(|s| s.features.iter().any(|f| view_of(f) == Some(name.as_str())))
+                {
+                    return Err(Error::new(
+                        ErrorCode::FailedPrecondition,
+                        format!(
+                            "feature service {:?} uses feature view {name:?}; drop it first",
+                            service.name
+                        ),
+                    ));
+                }
+                self.views.remove(&name);
+            }
+            MetaCommand::CreateFeatureService { spec } => {
+                spec.validate()?;
+                if self.services.contains_key(&spec.name) {
+                    return Err(Error::new(
+                        ErrorCode::AlreadyExists,
+                        format!("feature service {:?} already exists", spec.name),
+                    ));
+                }
+                let mut collection: Option<&str> = None;
+                for feature in &spec.features {
+                    let (view, field) = feature.split_once(':').unwrap_or_default();
+                    let view = self.views.get(view).ok_or_else(|| unknown_view(view))?;
+                    if view.spec.field(field).is_none() {
+                        return Err(Error::invalid(format!(
+                            "feature view {:?} has no field {field:?}",
+                            view.spec.name
+                        )));
+                    }
+                    match collection {
+                        Some(c) if c != view.spec.collection => {
+                            return Err(Error::invalid(format!(
+                                "feature service {:?} names views of collections {c:?} and {:?}; \
+                                 a service reads one collection's features",
+                                spec.name, view.spec.collection
+                            )))
+                        }
+                        _ => collection = Some(&view.spec.collection),
+                    }
+                }
+                self.services.insert(spec.name.clone(), spec);
+            }
+            MetaCommand::DropFeatureService { name } => {
+                if self.services.remove(&name).is_none() {
+                    return Err(unknown_service(&name));
                 }
             }
             MetaCommand::AddReplica {
@@ -682,6 +758,83 @@ mod tests {
             .apply(MetaCommand::DropCollection { name: "a".into() })
             .unwrap();
         assert_eq!(state.next_group, 3);
+    }
+
+    #[test]
+    fn feature_services_name_existing_fields_of_one_collection_and_pin_their_views() {
+        let mut state = cluster(1);
+        create(&mut state, "a", 1, 1);
+        create(&mut state, "b", 1, 1);
+        let view = |name: &str, collection: &str| MetaCommand::CreateFeatureView {
+            spec: FeatureViewSpec {
+                name: name.into(),
+                collection: collection.into(),
+                fields: vec![shoal_types::FeatureField {
+                    name: "x".into(),
+                    ty: shoal_types::FeatureType::Int64,
+                }],
+                ttl_seconds: 0,
+                history_seconds: 0,
+            },
+        };
+        state.apply(view("va", "a")).unwrap();
+        state.apply(view("va2", "a")).unwrap();
+        state.apply(view("vb", "b")).unwrap();
+        let service = |name: &str, features: &[&str]| MetaCommand::CreateFeatureService {
+            spec: FeatureServiceSpec {
+                name: name.into(),
+                features: features.iter().map(|f| (*f).to_owned()).collect(),
+            },
+        };
+        let code = |state: &mut ClusterState, cmd| state.apply(cmd).unwrap_err().code;
+        assert_eq!(
+            code(&mut state, service("s", &["nope:x"])),
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            code(&mut state, service("s", &["va:y"])),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code(&mut state, service("s", &["va:x", "vb:x"])),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code(&mut state, service("s", &["va"])),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code(&mut state, service("s", &[])),
+            ErrorCode::InvalidArgument
+        );
+        state.apply(service("s", &["va:x", "va2:x"])).unwrap();
+        state.apply(service("t", &["vb:x"])).unwrap();
+        assert_eq!(
+            code(&mut state, service("s", &["va:x"])),
+            ErrorCode::AlreadyExists
+        );
+        // A view a service reads cannot go; the service can, and then the view.
+        let drop_view = |name: &str| MetaCommand::DropFeatureView { name: name.into() };
+        assert_eq!(
+            code(&mut state, drop_view("va2")),
+            ErrorCode::FailedPrecondition
+        );
+        state
+            .apply(MetaCommand::DropFeatureService { name: "s".into() })
+            .unwrap();
+        assert_eq!(
+            code(
+                &mut state,
+                MetaCommand::DropFeatureService { name: "s".into() }
+            ),
+            ErrorCode::NotFound
+        );
+        state.apply(drop_view("va2")).unwrap();
+        // Dropping a collection takes its views' services with it.
+        state
+            .apply(MetaCommand::DropCollection { name: "b".into() })
+            .unwrap();
+        assert!(state.services.is_empty());
     }
 
     #[test]

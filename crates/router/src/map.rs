@@ -18,6 +18,8 @@ pub struct ShardMap {
     pub collections: BTreeMap<String, CollectionRoute>,
     /// Feature views by name (their fields; TTL and history are the nodes' business).
     pub views: BTreeMap<String, FeatureViewSpec>,
+    /// Feature services by name: the features they read.
+    pub services: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +106,11 @@ impl TryFrom<internal::ShardMapResponse> for ShardMap {
             nodes: wire.nodes.into_iter().collect(),
             collections,
             views,
+            services: wire
+                .services
+                .into_iter()
+                .map(|s| (s.name, s.features))
+                .collect(),
         })
     }
 }

@@ -701,12 +701,36 @@ impl Router {
         .await
     }
 
-    /// Online feature values of entities, column-major in request order.
+    /// The features of feature service `name`; a service the map lacks is looked up once
+    /// more in a fresh map.
+    async fn service_features(&self, name: &str) -> Result<Vec<String>, Status> {
+        if let Some(features) = self.map().services.get(name) {
+            return Ok(features.clone());
+        }
+        self.refresh_after_miss(name).await;
+        self.map()
+            .services
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("feature service {name:?} does not exist")))
+    }
+
+    /// Online feature values of entities, column-major in request order: of the features
+    /// named, or of a feature service's.
     pub async fn get_online_features(
         &self,
-        req: v1::GetOnlineFeaturesRequest,
+        mut req: v1::GetOnlineFeaturesRequest,
     ) -> Result<v1::GetOnlineFeaturesResponse, Status> {
         let want = Want::of(req.consistency)?;
+        if !req.feature_service.is_empty() {
+            if !req.features.is_empty() {
+                return Err(Status::invalid_argument(
+                    "ask for features or for a feature service, not both",
+                ));
+            }
+            req.features = self.service_features(&req.feature_service).await?;
+            req.feature_service.clear();
+        }
         let first = req
             .features
             .first()

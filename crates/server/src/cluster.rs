@@ -216,6 +216,14 @@ impl Cluster {
             .collect();
         internal::ShardMapResponse {
             views,
+            services: layout
+                .services
+                .values()
+                .map(|s| internal::ServiceRoute {
+                    name: s.name.clone(),
+                    features: s.features.clone(),
+                })
+                .collect(),
             version: layout.version,
             nodes: layout
                 .nodes
@@ -1297,6 +1305,21 @@ impl Cluster {
         Ok(())
     }
 
+    /// Creates a feature service (this node leads the meta group).
+    pub async fn create_feature_service(
+        &self,
+        spec: shoal_types::FeatureServiceSpec,
+    ) -> Result<()> {
+        control::propose_meta(&self.inner.meta, MetaCommand::CreateFeatureService { spec }).await?;
+        Ok(())
+    }
+
+    /// Drops a feature service (this node leads the meta group).
+    pub async fn drop_feature_service(&self, name: String) -> Result<()> {
+        control::propose_meta(&self.inner.meta, MetaCommand::DropFeatureService { name }).await?;
+        Ok(())
+    }
+
     /// Feature view `name`, catching up with the meta leader once if this node does not
     /// know it.
     pub async fn feature_view(&self, name: &str) -> Result<shoal_raft::FeatureView> {
@@ -1309,6 +1332,20 @@ impl Cluster {
             .get(name)
             .cloned()
             .ok_or_else(|| shoal_raft::layout::unknown_view(name))
+    }
+
+    /// Feature service `name`, catching up with the meta leader once if this node does not
+    /// know it.
+    pub async fn feature_service(&self, name: &str) -> Result<shoal_types::FeatureServiceSpec> {
+        if let Some(s) = self.layout().services.get(name) {
+            return Ok(s.clone());
+        }
+        self.sync_layout().await?;
+        self.layout()
+            .services
+            .get(name)
+            .cloned()
+            .ok_or_else(|| shoal_raft::layout::unknown_service(name))
     }
 
     /// `filter` checked against the views of `collection`, catching up with the meta leader

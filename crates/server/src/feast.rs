@@ -132,12 +132,14 @@ async fn get_online_features(
 ) -> Result<Response, HttpError> {
     let api = api(&slot)?;
     let request = body(&bytes)?;
-    if request.get("feature_service").is_some_and(|v| !v.is_null()) {
-        return Err(invalid(
-            "feature services are not supported; name the features (\"features\": [\"view:field\"])",
-        ));
-    }
+    // Feast names either the features or a feature service.
+    let service = match request.get("feature_service") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(name)) => name.clone(),
+        Some(_) => return Err(invalid("\"feature_service\" must be a name")),
+    };
     let features: Vec<String> = match request.get("features") {
+        None | Some(Value::Null) if !service.is_empty() => Vec::new(),
         Some(Value::Array(items)) => items
             .iter()
             .map(|f| f.as_str().map(str::to_owned))
@@ -186,11 +188,12 @@ async fn get_online_features(
             entity_ids: ids.iter().map(entity_id).collect::<Result<_, _>>()?,
             as_of,
             consistency: v1::Consistency::Strong.into(),
+            feature_service: service,
         }))
         .await?
         .into_inner();
     let mut names = vec![JOIN_KEY.to_owned()];
-    names.extend(features.iter().map(|f| {
+    names.extend(response.feature_names.iter().map(|f| {
         let (view, field) = f.split_once(':').unwrap_or(("", f));
         if full_names {
             format!("{view}__{field}")

@@ -798,6 +798,13 @@ async fn feature_columns(
         .collect())
 }
 
+fn service_info(spec: &shoal_types::FeatureServiceSpec) -> v1::FeatureServiceInfo {
+    v1::FeatureServiceInfo {
+        name: spec.name.clone(),
+        features: spec.features.clone(),
+    }
+}
+
 fn collection_info(d: CollectionDescription) -> v1::CollectionInfo {
     v1::CollectionInfo {
         name: d.spec.name,
@@ -1136,6 +1143,87 @@ impl FeatureService for Api {
                 .await
                 .map_err(bad)?;
             Ok(Response::new(v1::DropFeatureViewResponse {}))
+        })
+        .await
+    }
+
+    async fn create_feature_service(
+        &self,
+        request: Request<v1::CreateFeatureServiceRequest>,
+    ) -> Result<Response<v1::FeatureServiceInfo>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        self.timed("CreateFeatureService", async {
+            let forwarded = self
+                .cluster
+                .forward_to_meta_leader(hops, &req, |ch, r| async move {
+                    self.exec
+                        .features_client(ch)
+                        .create_feature_service(r)
+                        .await
+                });
+            if let Some(answer) = forwarded.await {
+                return answer;
+            }
+            let service = req
+                .service
+                .ok_or_else(|| Status::invalid_argument("the request has no service"))?;
+            let spec = shoal_types::FeatureServiceSpec {
+                name: service.name,
+                features: service.features,
+            };
+            self.cluster
+                .create_feature_service(spec.clone())
+                .await
+                .map_err(bad)?;
+            Ok(Response::new(service_info(&spec)))
+        })
+        .await
+    }
+
+    async fn list_feature_services(
+        &self,
+        _request: Request<v1::ListFeatureServicesRequest>,
+    ) -> Result<Response<v1::ListFeatureServicesResponse>, Status> {
+        let services = self
+            .cluster
+            .layout()
+            .services
+            .values()
+            .map(service_info)
+            .collect();
+        Ok(Response::new(v1::ListFeatureServicesResponse { services }))
+    }
+
+    async fn describe_feature_service(
+        &self,
+        request: Request<v1::DescribeFeatureServiceRequest>,
+    ) -> Result<Response<v1::FeatureServiceInfo>, Status> {
+        let name = request.into_inner().name;
+        let spec = self.cluster.feature_service(&name).await.map_err(bad)?;
+        Ok(Response::new(service_info(&spec)))
+    }
+
+    async fn drop_feature_service(
+        &self,
+        request: Request<v1::DropFeatureServiceRequest>,
+    ) -> Result<Response<v1::DropFeatureServiceResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        self.timed("DropFeatureService", async {
+            let forwarded = self
+                .cluster
+                .forward_to_meta_leader(hops, &req, |ch, r| async move {
+                    self.exec.features_client(ch).drop_feature_service(r).await
+                });
+            if let Some(answer) = forwarded.await {
+                return answer;
+            }
+            self.cluster
+                .drop_feature_service(req.name)
+                .await
+                .map_err(bad)?;
+            Ok(Response::new(v1::DropFeatureServiceResponse {}))
         })
         .await
     }

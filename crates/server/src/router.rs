@@ -284,6 +284,58 @@ impl FeatureService for RouterApi {
         Ok(Response::new(dropped))
     }
 
+    async fn create_feature_service(
+        &self,
+        request: Request<v1::CreateFeatureServiceRequest>,
+    ) -> Result<Response<v1::FeatureServiceInfo>, Status> {
+        let created = self
+            .to_a_node(request.into_inner(), |ch, r| async move {
+                FeatureServiceClient::new(ch)
+                    .create_feature_service(r)
+                    .await
+            })
+            .await?;
+        self.refresh().await;
+        Ok(Response::new(created))
+    }
+
+    async fn list_feature_services(
+        &self,
+        request: Request<v1::ListFeatureServicesRequest>,
+    ) -> Result<Response<v1::ListFeatureServicesResponse>, Status> {
+        self.to_a_node(request.into_inner(), |ch, r| async move {
+            FeatureServiceClient::new(ch).list_feature_services(r).await
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn describe_feature_service(
+        &self,
+        request: Request<v1::DescribeFeatureServiceRequest>,
+    ) -> Result<Response<v1::FeatureServiceInfo>, Status> {
+        self.to_a_node(request.into_inner(), |ch, r| async move {
+            FeatureServiceClient::new(ch)
+                .describe_feature_service(r)
+                .await
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn drop_feature_service(
+        &self,
+        request: Request<v1::DropFeatureServiceRequest>,
+    ) -> Result<Response<v1::DropFeatureServiceResponse>, Status> {
+        let dropped = self
+            .to_a_node(request.into_inner(), |ch, r| async move {
+                FeatureServiceClient::new(ch).drop_feature_service(r).await
+            })
+            .await?;
+        self.refresh().await;
+        Ok(Response::new(dropped))
+    }
+
     async fn push_features(
         &self,
         request: Request<v1::PushFeaturesRequest>,

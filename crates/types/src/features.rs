@@ -138,6 +138,41 @@ impl FeatureViewSpec {
     }
 }
 
+/// A feature service: a named list of features ("view:field", views of one collection) that
+/// reads ask for by name, as Feast's feature services do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureServiceSpec {
+    /// Unique among feature services.
+    pub name: String,
+    pub features: Vec<String>,
+}
+
+impl FeatureServiceSpec {
+    /// Checks the name and the references' form; that the views and fields exist is the
+    /// layout's to check.
+    pub fn validate(&self) -> Result<()> {
+        validate_collection_name(&self.name)
+            .map_err(|e| Error::invalid(format!("feature service name: {}", e.message)))?;
+        if self.features.is_empty() || self.features.len() > MAX_FEATURE_REFS {
+            return Err(Error::invalid(format!(
+                "a feature service needs 1 to {MAX_FEATURE_REFS} features, got {}",
+                self.features.len()
+            )));
+        }
+        for feature in &self.features {
+            if feature
+                .split_once(':')
+                .is_none_or(|(v, f)| v.is_empty() || f.is_empty())
+            {
+                return Err(Error::invalid(format!(
+                    "feature reference {feature:?} is not VIEW:FIELD"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A feature value; `Null` is a present row's missing value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FeatureValue {

@@ -17,9 +17,9 @@ mod spec;
 pub use command::{validate_ids, Command, Point};
 pub use error::{Error, ErrorCode, Result};
 pub use features::{
-    FeatureField, FeatureRow, FeatureStatus, FeatureType, FeatureValue, FeatureViewSpec,
-    DEFAULT_HISTORY_SECONDS, MAX_FEATURE_CELLS, MAX_FEATURE_FIELDS, MAX_FEATURE_REFS,
-    MAX_FUTURE_MICROS,
+    FeatureField, FeatureRow, FeatureServiceSpec, FeatureStatus, FeatureType, FeatureValue,
+    FeatureViewSpec, DEFAULT_HISTORY_SECONDS, MAX_FEATURE_CELLS, MAX_FEATURE_FIELDS,
+    MAX_FEATURE_REFS, MAX_FUTURE_MICROS,
 };
 pub use filter::{
     CmpOp, FieldSlot, Filter, FilterView, Literal, ResolvedFilter, MAX_FILTER_DEPTH, MAX_FILTER_LEN,

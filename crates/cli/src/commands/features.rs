@@ -24,6 +24,9 @@ pub enum FeaturesCommand {
     /// Create, list, describe and drop feature views.
     #[command(subcommand)]
     View(ViewCommand),
+    /// Create, list, describe and drop feature services (named lists of VIEW:FIELD).
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Push rows from a JSON Lines file: {"id": 5 | "key", "event_timestamp": RFC 3339 or
     /// microseconds, "created_timestamp": optional, "features": {"FIELD": value, ...}}; or
     /// from a CSV file (name ending in .csv) with columns id, event_timestamp, optionally
@@ -40,11 +43,14 @@ pub enum FeaturesCommand {
     /// Measure get_online_features latency: every field of VIEW for batches of entities
     /// 0..ENTITIES, one request at a time, over gRPC and (with --http) the Feast HTTP API.
     Bench(BenchArgs),
-    /// Read online features (VIEW:FIELD ...) of entities.
+    /// Read online features (VIEW:FIELD ..., or those of --service NAME) of entities.
     Get {
         collection: String,
-        #[arg(required = true)]
+        #[arg(required_unless_present = "service", conflicts_with = "service")]
         features: Vec<String>,
+        /// Read the features of this feature service.
+        #[arg(long)]
+        service: Option<String>,
         #[arg(long, required = true, num_args = 1..)]
         ids: Vec<Id>,
         /// Point in time (RFC 3339 or microseconds since the epoch) [default: now].
@@ -81,6 +87,24 @@ pub enum ViewCommand {
         #[arg(long)]
         collection: Option<String>,
     },
+    Describe {
+        name: String,
+    },
+    Drop {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a feature service of VIEW:FIELD features (views of one collection).
+    Create {
+        name: String,
+        /// VIEW:FIELD, comma-separated or repeated; reads return them in this order.
+        #[arg(long = "features", required = true, value_delimiter = ',')]
+        features: Vec<String>,
+    },
+    List,
     Describe {
         name: String,
     },
@@ -326,14 +350,29 @@ pub async fn run(mut clients: Clients, format: Format, command: FeaturesCommand)
             output::print(format, &Pushed { pushed })
         }
         FeaturesCommand::Bench(args) => bench(&mut clients, format, args).await,
+        FeaturesCommand::Service(command) => service(&mut clients, format, command).await,
         FeaturesCommand::Get {
             collection,
             features,
+            service,
             ids,
             as_of,
             read,
         } => {
-            for feature in &features {
+            let named = match &service {
+                Some(name) => {
+                    clients
+                        .features
+                        .describe_feature_service(v1::DescribeFeatureServiceRequest {
+                            name: name.clone(),
+                        })
+                        .await?
+                        .into_inner()
+                        .features
+                }
+                None => features.clone(),
+            };
+            for feature in &named {
                 let (view, _) = feature
                     .split_once(':')
                     .with_context(|| format!("{feature:?} is not VIEW:FIELD"))?;
@@ -347,11 +386,76 @@ pub async fn run(mut clients: Clients, format: Format, command: FeaturesCommand)
                     entity_ids: ids.iter().cloned().map(Into::into).collect(),
                     as_of,
                     consistency: read.to_wire(),
+                    feature_service: service.unwrap_or_default(),
                 })
                 .await?
                 .into_inner();
             output::print(format, &OnlineReport::new(&ids, response))
         }
+    }
+}
+
+async fn service(clients: &mut Clients, format: Format, command: ServiceCommand) -> Result<()> {
+    let services = match command {
+        ServiceCommand::Create { name, features } => {
+            let service = v1::FeatureServiceInfo { name, features };
+            vec![clients
+                .features
+                .create_feature_service(v1::CreateFeatureServiceRequest {
+                    service: Some(service),
+                })
+                .await?
+                .into_inner()]
+        }
+        ServiceCommand::List => {
+            clients
+                .features
+                .list_feature_services(v1::ListFeatureServicesRequest {})
+                .await?
+                .into_inner()
+                .services
+        }
+        ServiceCommand::Describe { name } => vec![clients
+            .features
+            .describe_feature_service(v1::DescribeFeatureServiceRequest { name })
+            .await?
+            .into_inner()],
+        ServiceCommand::Drop { name } => {
+            clients
+                .features
+                .drop_feature_service(v1::DropFeatureServiceRequest { name: name.clone() })
+                .await?;
+            return output::print(format, &Dropped { dropped: name });
+        }
+    };
+    let services = services
+        .into_iter()
+        .map(|s| ServiceReport {
+            name: s.name,
+            features: s.features,
+        })
+        .collect();
+    output::print(format, &ServiceList(services))
+}
+
+#[derive(Serialize)]
+struct ServiceReport {
+    name: String,
+    features: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(transparent)]
+struct ServiceList(Vec<ServiceReport>);
+
+impl Report for ServiceList {
+    fn text(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .0
+            .iter()
+            .map(|s| vec![s.name.clone(), s.features.join(", ")])
+            .collect();
+        table(&["NAME", "FEATURES"], &rows)
     }
 }
 

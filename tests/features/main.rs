@@ -908,4 +908,21 @@ async fn feature_services_are_read_by_name_everywhere() {
     );
     node.shoalctl_ok(&["features", "service", "drop", "driver_activity"]);
     node.shoalctl_ok(&["features", "view", "drop", "driver_stats"]);
+    // The dropped view's rows are deleted on the replicas that held them.
+    shoal_tests::poll(
+        "the dropped view's rows to be deleted",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .ids()
+                .iter()
+                .any(|id| {
+                    cluster
+                        .node(*id)
+                        .log()
+                        .contains("deleted the rows of dropped feature views")
+                })
+                .then_some(())
+        },
+    );
 }

@@ -444,6 +444,7 @@ impl Cluster {
             self.close_group(group).await?;
         }
         self.remove_orphan_dirs(&layout, &wanted)?;
+        self.reclaim_dropped_views(&layout).await;
         for local in self.local_groups() {
             if local.view().leader == Some(id) {
                 if let Some((collection, _)) = wanted.get(&local.group) {
@@ -455,6 +456,34 @@ impl Cluster {
             self.repair(&layout).await;
         }
         Ok(())
+    }
+
+    /// Deletes local rows of feature views the layout dropped. A view id at or past
+    /// `next_view` may belong to a view this node has not heard of yet: kept.
+    async fn reclaim_dropped_views(&self, layout: &ClusterState) {
+        let live: std::collections::HashSet<u64> = layout.views.values().map(|v| v.id).collect();
+        let next_view = layout.next_view;
+        for local in self.local_groups() {
+            let (shard, live) = (local.shard(), live.clone());
+            let reclaimed = tokio::task::spawn_blocking(move || {
+                shard.reclaim_feature_views(&|id| live.contains(&id) || id >= next_view)
+            })
+            .await;
+            match reclaimed {
+                Ok(Ok(views)) if !views.is_empty() => {
+                    tracing::info!(
+                        group = local.group,
+                        ?views,
+                        "deleted the rows of dropped feature views"
+                    )
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(group = local.group, error = %e, "cannot delete dropped feature views' rows")
+                }
+                Err(e) => tracing::warn!(error = %e, "feature view reclaim panicked"),
+            }
+        }
     }
 
     /// Opens this node's replica of `placement`'s group; a founder of a new group starts it

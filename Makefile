@@ -27,7 +27,7 @@ CARGO ?= cargo
 # shoal-sidecar is a workspace of its own (docs/adr/0008-inference-sidecar.md).
 SIDECAR := --manifest-path crates/sidecar/Cargo.toml
 
-.PHONY: help setup build data lint test demo bench bench-cluster bench-shards bench-features bench-filter clean-data feast-venv model sidecar-venv
+.PHONY: help setup build data lint test demo bench bench-cluster bench-shards bench-features bench-filter bench-sidecar clean-data feast-venv model sidecar-venv
 
 help:
 	@echo "make setup       install missing apt packages (as root), check CPU and Rust"
@@ -43,6 +43,7 @@ help:
 	@echo "make bench-shards   setup, build, data, then scripts/bench-shards.sh (1/2/4/8 shards on one node, 3 nodes R=1/R=3, FAISS)"
 	@echo "make bench-features setup, build, then scripts/bench-features.sh (get_online_features latency, gRPC and HTTP)"
 	@echo "make bench-filter   setup, build, data, then scripts/bench-filter.sh (filtered search QPS and recall at 1/10/50%)"
+	@echo "make bench-sidecar  setup, build, model, venv, then scripts/bench-sidecar.sh (texts/s and latency, batching on/off)"
 	@echo "make clean-data  delete the fetched data sets (data/)"
 
 setup:
@@ -108,6 +109,9 @@ bench-features: setup build
 
 bench-filter: setup build data
 	bash scripts/bench-filter.sh
+
+bench-sidecar: setup build model sidecar-venv
+	SECONDS_PER_RUN=$${SECONDS_PER_RUN:-5} bash scripts/bench-sidecar.sh
 
 clean-data:
 	rm -rf data

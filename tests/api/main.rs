@@ -24,6 +24,7 @@ fn point(id: impl Into<v1::PointId>, vector: Vec<f32>) -> v1::Point {
     v1::Point {
         id: Some(id.into()),
         vector,
+        ..Default::default()
     }
 }
 
@@ -411,6 +412,7 @@ async fn bad_input_gets_a_clear_status_and_loses_nothing() {
                 .upsert(upsert(vec![v1::Point {
                     id: None,
                     vector: vec![1.0, 0.0, 0.0, 0.0],
+                    ..Default::default()
                 }]))
                 .await
                 .unwrap_err(),

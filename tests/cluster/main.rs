@@ -38,6 +38,7 @@ fn points(ids: Range<u64>) -> Vec<v1::Point> {
     ids.map(|id| v1::Point {
         id: Some(id.into()),
         vector: vector_for(id),
+        ..Default::default()
     })
     .collect()
 }
@@ -255,6 +256,7 @@ async fn write_load(
                 .map(|(id, v)| v1::Point {
                     id: Some(id.into()),
                     vector: v.clone(),
+                    ..Default::default()
                 })
                 .collect(),
         };

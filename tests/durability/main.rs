@@ -20,6 +20,7 @@ fn point(id: u64, vector: Vec<f32>) -> v1::Point {
     v1::Point {
         id: Some(id.into()),
         vector,
+        ..Default::default()
     }
 }
 

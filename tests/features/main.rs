@@ -439,6 +439,7 @@ async fn search_hits_carry_their_features() {
                 .map(|id| v1::Point {
                     id: Some(id.into()),
                     vector: vec![id as f32, 0.0],
+                    ..Default::default()
                 })
                 .collect(),
         })
@@ -720,6 +721,7 @@ async fn csv_pushes_feed_online_reads_and_filtered_search_through_shoalctl() {
                 .map(|id| v1::Point {
                     id: Some(id.into()),
                     vector: vec![id as f32, 0.0],
+                    ..Default::default()
                 })
                 .collect(),
         })

@@ -97,6 +97,7 @@ async fn upsert(
                 .map(|(id, vector)| v1::Point {
                     id: Some(id.into()),
                     vector,
+                    ..Default::default()
                 })
                 .collect(),
         })

@@ -61,6 +61,7 @@ fn upsert_request(ids: Range<u64>) -> v1::UpsertRequest {
             .map(|id| v1::Point {
                 id: Some(id.into()),
                 vector: vector_for(id),
+                ..Default::default()
             })
             .collect(),
     }

@@ -38,6 +38,7 @@ async fn hnsw_recall_on_50k_glove_is_at_least_0_95() {
             .map(|(i, v)| v1::Point {
                 id: Some(((chunk_no * 5000 + i) as u64).into()),
                 vector: v.clone(),
+                ..Default::default()
             })
             .collect();
         points

@@ -182,6 +182,7 @@ async fn a_router_alone_serves_a_sharded_collection_and_survives_its_seed_node()
                 .map(|id| v1::Point {
                     id: Some((*id).into()),
                     vector: vector_for(*id),
+                    ..Default::default()
                 })
                 .collect(),
         };
@@ -297,6 +298,7 @@ async fn a_router_with_a_stale_shard_map_refreshes_it_instead_of_reading_wrong_s
                 .map(|id| v1::Point {
                     id: Some(id.into()),
                     vector: vector_for(id),
+                    ..Default::default()
                 })
                 .collect(),
         };

@@ -49,6 +49,7 @@ pub fn to_points(data: &Data) -> Vec<v1::Point> {
         .map(|(id, v)| v1::Point {
             id: Some((*id).into()),
             vector: v.clone(),
+            ..Default::default()
         })
         .collect()
 }

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use shoal_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use shoal_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use shoal_proto::inference::{InferTensorContents, ModelInferRequest};
+use shoal_proto::v1;
 use shoal_tests::http_get;
 use shoal_tests::sidecar::{http_post, model_repository, python, Sidecar, MINILM};
 use tonic::Code;
@@ -368,4 +369,153 @@ fn sigterm_finishes_the_requests_under_way_and_exits_cleanly() {
     let (code, body) = pending.join().unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(sidecar.log().contains("stopped"), "{}", sidecar.log());
+}
+
+fn write_texts(dir: &Path, texts: &[(u64, &str)]) -> String {
+    let path = dir.join("texts.jsonl");
+    let lines: Vec<String> = texts
+        .iter()
+        .map(|(id, text)| json!({"id": id, "text": text}).to_string())
+        .collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// A collection with a vectorizer: texts in through `points upsert --text-file`, query text
+/// through `search --text`, both embedded by the sidecar; with the sidecar down a text
+/// upsert fails UNAVAILABLE and writes nothing; back up, it works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn text_upserts_and_searches_go_through_the_vectorizer() {
+    let sidecar = Sidecar::start(&[]);
+    let (grpc, http) = (sidecar.grpc, sidecar.http);
+    let node = shoal_tests::Node::start();
+    node.shoalctl_ok(&[
+        "collection",
+        "create",
+        "docs",
+        "--dim",
+        "384",
+        "--metric",
+        "cosine",
+        "--shards",
+        "2",
+        "--vectorizer-endpoint",
+        &grpc.to_string(),
+        "--vectorizer-model",
+        MINILM,
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let docs = [
+        (1, "A man is eating a piece of bread."),
+        (2, "The new movie is awesome."),
+        (3, "A cheetah is running behind its prey."),
+        (4, "The stock market fell sharply on Monday."),
+        (5, "Two children are playing football in the park."),
+        (6, "It will rain heavily in the mountains tomorrow."),
+    ];
+    let file = write_texts(dir.path(), &docs);
+    node.shoalctl_ok(&["points", "upsert", "docs", "--text-file", &file]);
+    for (query, wanted) in [
+        ("someone has a meal", 1),
+        ("a film everyone loves", 2),
+        ("weather forecast: storms", 6),
+        ("kids play soccer", 5),
+    ] {
+        let found = node.shoalctl_json(&["search", "docs", "--text", query, "--k", "3"]);
+        let top = found[0][0]["id"].as_u64();
+        assert_eq!(top, Some(wanted), "{query}: {found}");
+    }
+    let described = node
+        .shoalctl_json(&["collection", "describe", "docs"])
+        .to_string();
+    assert!(described.contains(MINILM), "{described}");
+
+    let mut points = node.points().await;
+    let text_point = |id: u64, text: &str| v1::Point {
+        id: Some(id.into()),
+        text: text.into(),
+        ..Default::default()
+    };
+    // Bad input: a vector and a text; a text for a collection without a vectorizer.
+    let status = points
+        .upsert(v1::UpsertRequest {
+            collection: "docs".into(),
+            points: vec![v1::Point {
+                vector: vec![0.5; 384],
+                ..text_point(9, "both")
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    node.shoalctl_ok(&[
+        "collection",
+        "create",
+        "plain",
+        "--dim",
+        "384",
+        "--metric",
+        "cosine",
+    ]);
+    let status = points
+        .upsert(v1::UpsertRequest {
+            collection: "plain".into(),
+            points: vec![text_point(1, "no vectorizer here")],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("no vectorizer"), "{status:?}");
+
+    // The sidecar down: UNAVAILABLE, nothing written.
+    drop(sidecar);
+    let status = points
+        .upsert(v1::UpsertRequest {
+            collection: "docs".into(),
+            points: vec![
+                text_point(7, "Nothing of this is stored."),
+                text_point(1, "Overwrite?"),
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("vectorizer"), "{status:?}");
+    let count = |points: &mut shoal_proto::v1::point_service_client::PointServiceClient<_>| {
+        let mut points = points.clone();
+        async move {
+            points
+                .count(v1::CountRequest {
+                    collection: "docs".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .count
+        }
+    };
+    assert_eq!(count(&mut points).await, 6);
+    let out = node.shoalctl(&["search", "docs", "--text", "bread"]);
+    assert!(!out.status.success());
+
+    // Back on the same address: text upserts work again.
+    let _sidecar = Sidecar::start_on(grpc, http, &[]);
+    let deadline =
+        shoal_tests::Deadline::new("text upserts to work again", Duration::from_secs(30));
+    loop {
+        let upserted = points
+            .upsert(v1::UpsertRequest {
+                collection: "docs".into(),
+                points: vec![text_point(7, "A chef cooks pasta in the kitchen.")],
+            })
+            .await;
+        match upserted {
+            Ok(r) if r.get_ref().upserted == 1 => break,
+            other => deadline.pause(&other).await,
+        }
+    }
+    assert_eq!(count(&mut points).await, 7);
+    let found = node.shoalctl_json(&["search", "docs", "--text", "cooking dinner", "--k", "1"]);
+    assert_eq!(found[0][0]["id"].as_u64(), Some(7), "{found}");
 }

@@ -55,9 +55,13 @@ impl Sidecar {
     /// Starts a sidecar over the model repository with `args` added, and waits until it is
     /// ready.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_on(free_addr(), free_addr(), args)
+    }
+
+    /// [`Sidecar::start`] on given addresses (a restart on the same ones).
+    pub fn start_on(grpc: SocketAddr, http: SocketAddr, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("sidecar.log");
-        let (grpc, http) = (free_addr(), free_addr());
         let child = Command::new(bin("shoal-sidecar"))
             .arg("--model-repository")
             .arg(model_repository())

@@ -589,6 +589,7 @@ async fn ingest(
                         .map(|i| v1::Point {
                             id: Some((i as u64).into()),
                             vector: base.row(i).to_vec(),
+                            ..Default::default()
                         })
                         .collect(),
                 };

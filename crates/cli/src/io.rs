@@ -83,7 +83,10 @@ pub fn read_npy(path: &Path, limit: Option<usize>) -> Result<Matrix> {
 #[serde(deny_unknown_fields)]
 struct JsonPoint {
     id: Id,
+    #[serde(default)]
     vector: Vec<f32>,
+    #[serde(default)]
+    text: String,
 }
 
 /// Reads a JSON Lines file of points; blank lines are skipped.
@@ -100,6 +103,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<v1::Point>> {
         points.push(v1::Point {
             id: Some(point.id.into()),
             vector: point.vector,
+            text: point.text,
         });
     }
     Ok(points)

@@ -86,6 +86,7 @@ impl From<Point> for v1::Point {
         v1::Point {
             id: Some(p.id.into()),
             vector: p.vector,
+            text: String::new(),
         }
     }
 }
@@ -114,6 +115,35 @@ pub fn search_params_from_wire(params: Option<v1::SearchParams>) -> SearchParams
     SearchParams {
         ef_search: params.ef_search,
         nprobe: params.nprobe,
+    }
+}
+
+/// A collection's vectorizer from the wire; empty tensor names default to "TEXT" and
+/// "EMBEDDING" (shoal-sidecar's).
+pub fn vectorizer_from_wire(v: v1::Vectorizer) -> Result<shoal_types::VectorizerSpec> {
+    let or = |name: String, default: &str| {
+        if name.is_empty() {
+            default.to_owned()
+        } else {
+            name
+        }
+    };
+    let spec = shoal_types::VectorizerSpec {
+        endpoint: v.endpoint,
+        model: v.model,
+        input: or(v.input, "TEXT"),
+        output: or(v.output, "EMBEDDING"),
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+pub fn vectorizer_to_wire(v: &shoal_types::VectorizerSpec) -> v1::Vectorizer {
+    v1::Vectorizer {
+        endpoint: v.endpoint.clone(),
+        model: v.model.clone(),
+        input: v.input.clone(),
+        output: v.output.clone(),
     }
 }
 

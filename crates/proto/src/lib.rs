@@ -11,7 +11,10 @@ mod features;
 pub mod json;
 mod status;
 
-pub use convert::{ids_from_wire, metric_from_wire, metric_to_wire, search_params_from_wire};
+pub use convert::{
+    ids_from_wire, metric_from_wire, metric_to_wire, search_params_from_wire, vectorizer_from_wire,
+    vectorizer_to_wire,
+};
 pub use features::{
     feature_row_from_wire, feature_status_name, feature_status_to_wire, feature_type_from_wire,
     feature_type_to_wire, now_micros,

@@ -15,7 +15,9 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use shoal_types::{CollectionSpec, Error, ErrorCode, FeatureServiceSpec, FeatureViewSpec, Result};
+use shoal_types::{
+    CollectionSpec, Error, ErrorCode, FeatureServiceSpec, FeatureViewSpec, Result, VectorizerSpec,
+};
 
 use crate::{GroupId, NodeId};
 
@@ -39,6 +41,8 @@ pub struct Placement {
     pub replication_factor: u32,
     /// The collection's shards, by shard number.
     pub shards: Vec<ShardPlacement>,
+    /// The model that turns the collection's texts into vectors, if it has one.
+    pub vectorizer: Option<VectorizerSpec>,
 }
 
 /// Where one shard lives.
@@ -150,6 +154,7 @@ pub enum MetaCommand {
         spec: CollectionSpec,
         replication_factor: u32,
         shards: Vec<Vec<NodeId>>,
+        vectorizer: Option<VectorizerSpec>,
     },
     DropCollection {
         name: String,
@@ -262,7 +267,8 @@ impl ClusterState {
                 spec,
                 replication_factor,
                 shards,
-            } => return self.create(spec, replication_factor, shards),
+                vectorizer,
+            } => return self.create(spec, replication_factor, shards, vectorizer),
             MetaCommand::DropCollection { name } => {
                 if self.collections.remove(&name).is_none() {
                     return Err(Error::unknown_collection(&name));
@@ -411,7 +417,11 @@ impl ClusterState {
         spec: CollectionSpec,
         replication_factor: u32,
         shards: Vec<Vec<NodeId>>,
+        vectorizer: Option<VectorizerSpec>,
     ) -> Result<MetaOutcome> {
+        if let Some(v) = &vectorizer {
+            v.validate()?;
+        }
         if self.collections.contains_key(&spec.name) {
             return Err(Error::new(
                 ErrorCode::AlreadyExists,
@@ -454,6 +464,7 @@ impl ClusterState {
                 spec,
                 replication_factor,
                 shards,
+                vectorizer,
             },
         );
         Ok(MetaOutcome::Created { groups })
@@ -657,6 +668,7 @@ mod tests {
                 spec: spec(name),
                 replication_factor: replicas,
                 shards,
+                vectorizer: None,
             })
             .unwrap();
     }
@@ -696,6 +708,7 @@ mod tests {
             spec: spec("a"),
             replication_factor: 1,
             shards: vec![vec![2], vec![1]],
+            vectorizer: None,
         });
         assert_eq!(
             created.unwrap(),
@@ -707,16 +720,19 @@ mod tests {
                 spec: spec("a"),
                 replication_factor: 1,
                 shards: vec![vec![1]],
+                vectorizer: None,
             },
             MetaCommand::CreateCollection {
                 spec: spec("b"),
                 replication_factor: 1,
                 shards: vec![vec![9]],
+                vectorizer: None,
             },
             MetaCommand::CreateCollection {
                 spec: spec("b"),
                 replication_factor: 1,
                 shards: vec![],
+                vectorizer: None,
             },
             MetaCommand::RemoveNode { id: 7 },
             MetaCommand::MoveReplica {
@@ -845,6 +861,7 @@ mod tests {
                 spec: spec("a"),
                 replication_factor: 2,
                 shards: vec![vec![1, 2]],
+                vectorizer: None,
             })
             .unwrap();
         state

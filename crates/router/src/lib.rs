@@ -18,6 +18,7 @@ mod hash;
 mod map;
 mod merge;
 mod router;
+mod vectorize;
 
 pub use hash::shard_of;
 pub use map::{CollectionRoute, NodeId, ShardMap, ShardRoute};

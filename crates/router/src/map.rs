@@ -29,6 +29,8 @@ pub struct CollectionRoute {
     pub metric: Metric,
     pub replication_factor: u32,
     pub shards: Vec<ShardRoute>,
+    /// The model that turns the collection's texts into vectors.
+    pub vectorizer: Option<shoal_types::VectorizerSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,7 +53,15 @@ impl TryFrom<internal::ShardMapResponse> for ShardMap {
             .into_iter()
             .map(|c| {
                 let metric = metric_from_wire(c.metric)?;
+                let vectorizer =
+                    (!c.vectorizer_endpoint.is_empty()).then(|| shoal_types::VectorizerSpec {
+                        endpoint: c.vectorizer_endpoint.clone(),
+                        model: c.vectorizer_model.clone(),
+                        input: c.vectorizer_input.clone(),
+                        output: c.vectorizer_output.clone(),
+                    });
                 let route = CollectionRoute {
+                    vectorizer,
                     name: c.name.clone(),
                     dimension: c.dimension,
                     metric,

@@ -23,6 +23,7 @@ use crate::grpc::ShardRef;
 use crate::hash::shard_of;
 use crate::map::{CollectionRoute, NodeId, ShardMap, ShardRoute};
 use crate::merge::{merge, Hit};
+use crate::vectorize::Vectorizers;
 
 /// Which replica of a shard a call needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +106,8 @@ pub struct Router {
     /// [`MISS_REFRESH`] per name, so a client repeating an unknown name costs no refresh each
     /// time, while a collection created a moment ago is found at once.
     misses: Mutex<HashMap<String, Instant>>,
+    /// Clients of the collections' vectorizers.
+    vectorizers: Vectorizers,
 }
 
 /// Names remembered in [`Router::misses`] before it is cleared.
@@ -224,7 +227,61 @@ impl Router {
             timeout,
             limits,
             misses: Mutex::new(HashMap::new()),
+            vectorizers: Vectorizers::default(),
         }
+    }
+
+    /// Turns the texts of `points` into their vectors through the collection's vectorizer;
+    /// points with a vector are left as they are. Before anything is written: a vectorizer
+    /// that fails fails the whole request.
+    async fn vectorize_points(
+        &self,
+        collection: &str,
+        points: &mut [v1::Point],
+    ) -> Result<(), Status> {
+        let at: Vec<usize> = (0..points.len())
+            .filter(|i| !points[*i].text.is_empty())
+            .collect();
+        if at.is_empty() {
+            return Ok(());
+        }
+        if let Some(i) = at.iter().find(|i| !points[**i].vector.is_empty()) {
+            return Err(Status::invalid_argument(format!(
+                "point {i} has both a vector and a text; send one"
+            )));
+        }
+        let texts = at
+            .iter()
+            .map(|i| std::mem::take(&mut points[*i].text))
+            .collect();
+        let vectors = self.vectorize(collection, texts).await?;
+        for (i, vector) in at.into_iter().zip(vectors) {
+            points[i].vector = vector;
+        }
+        Ok(())
+    }
+
+    /// The vectors of `texts` from `collection`'s vectorizer.
+    async fn vectorize(
+        &self,
+        collection: &str,
+        texts: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, Status> {
+        let route = self.collection(collection).await?;
+        let spec = route.vectorizer.as_ref().ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "collection {collection:?} has no vectorizer: send vectors, or create it with one"
+            ))
+        })?;
+        self.vectorizers
+            .embed(
+                collection,
+                spec,
+                texts,
+                route.dimension as usize,
+                self.timeout,
+            )
+            .await
     }
 
     /// Runs `run` on the collection's route; if a shard said the route is stale (the
@@ -408,7 +465,28 @@ impl Router {
     }
 
     /// k-nearest-neighbour search over every shard; hits merged best first.
-    pub async fn search(&self, req: v1::SearchRequest) -> Result<v1::SearchResponse, Status> {
+    pub async fn search(&self, mut req: v1::SearchRequest) -> Result<v1::SearchResponse, Status> {
+        if !req.query_texts.is_empty() {
+            if !req.queries.is_empty() {
+                return Err(Status::invalid_argument(
+                    "send query vectors or query texts, not both",
+                ));
+            }
+            self.limits
+                .check_batch(
+                    "search",
+                    req.query_texts.len(),
+                    self.limits.max_queries_per_search,
+                )
+                .map_err(bad)?;
+            let texts = std::mem::take(&mut req.query_texts);
+            req.queries = self
+                .vectorize(&req.collection, texts)
+                .await?
+                .into_iter()
+                .map(|values| v1::Vector { values })
+                .collect();
+        }
         if req.k == 0 {
             return Err(bad(Error::invalid("k must be at least 1")));
         }
@@ -566,7 +644,9 @@ impl Router {
     }
 
     /// Upserts points, each on its shard's leader; shards are written in parallel.
-    pub async fn upsert(&self, req: v1::UpsertRequest) -> Result<v1::UpsertResponse, Status> {
+    pub async fn upsert(&self, mut req: v1::UpsertRequest) -> Result<v1::UpsertResponse, Status> {
+        self.vectorize_points(&req.collection, &mut req.points)
+            .await?;
         self.routed(&req.collection, |route| {
             let req = &req;
             async move {
@@ -983,6 +1063,10 @@ impl Router {
         info.replicas = replicas;
         info.group = route.shards[0].group;
         info.shards = shards;
+        info.vectorizer = route
+            .vectorizer
+            .as_ref()
+            .map(shoal_proto::vectorizer_to_wire);
         Ok(info)
     }
 }

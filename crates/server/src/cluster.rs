@@ -180,6 +180,26 @@ impl Cluster {
             .collections
             .values()
             .map(|c| internal::CollectionRoute {
+                vectorizer_endpoint: c
+                    .vectorizer
+                    .as_ref()
+                    .map(|v| v.endpoint.clone())
+                    .unwrap_or_default(),
+                vectorizer_model: c
+                    .vectorizer
+                    .as_ref()
+                    .map(|v| v.model.clone())
+                    .unwrap_or_default(),
+                vectorizer_input: c
+                    .vectorizer
+                    .as_ref()
+                    .map(|v| v.input.clone())
+                    .unwrap_or_default(),
+                vectorizer_output: c
+                    .vectorizer
+                    .as_ref()
+                    .map(|v| v.output.clone())
+                    .unwrap_or_default(),
                 name: c.spec.name.clone(),
                 dimension: c.spec.dimension,
                 metric: shoal_proto::metric_to_wire(c.spec.metric) as i32,
@@ -1274,8 +1294,12 @@ impl Cluster {
         spec: CollectionSpec,
         replicas: u32,
         shards: u32,
+        vectorizer: Option<shoal_types::VectorizerSpec>,
     ) -> Result<Vec<GroupId>> {
         spec.validate(&self.inner.limits)?;
+        if let Some(v) = &vectorizer {
+            v.validate()?;
+        }
         self.inner.env.factory.validate(&spec)?;
         let replicas = replicas.max(1);
         if replicas > MAX_REPLICAS {
@@ -1313,6 +1337,7 @@ impl Cluster {
                 spec,
                 replication_factor: replicas,
                 shards: placed,
+                vectorizer,
             },
         )
         .await?;

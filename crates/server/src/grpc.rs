@@ -877,10 +877,16 @@ impl CollectionService for Api {
                 return answer;
             }
             let (replicas, shards) = (req.replicas, req.shards);
+            let vectorizer = req
+                .vectorizer
+                .clone()
+                .map(shoal_proto::vectorizer_from_wire)
+                .transpose()
+                .map_err(bad)?;
             let spec = CollectionSpec::try_from(req).map_err(bad)?;
             let name = spec.name.clone();
             self.cluster
-                .create_collection(spec, replicas, shards)
+                .create_collection(spec, replicas, shards, vectorizer)
                 .await
                 .map_err(bad)?;
             // Acknowledged once every shard's group has created it, so a write that follows

@@ -27,4 +27,6 @@ pub use filter::{
 pub use id::PointId;
 pub use limits::Limits;
 pub use metric::Metric;
-pub use spec::{validate_collection_name, CollectionSpec, IndexParams, SearchParams};
+pub use spec::{
+    validate_collection_name, CollectionSpec, IndexParams, SearchParams, VectorizerSpec,
+};

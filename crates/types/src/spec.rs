@@ -18,6 +18,43 @@ pub struct CollectionSpec {
     pub params: IndexParams,
 }
 
+/// An Open Inference Protocol model that turns a collection's texts into vectors: its gRPC
+/// endpoint (`HOST:PORT`), model, and input (BYTES) and output (FP32) tensor names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VectorizerSpec {
+    pub endpoint: String,
+    pub model: String,
+    pub input: String,
+    pub output: String,
+}
+
+impl VectorizerSpec {
+    pub fn validate(&self) -> Result<()> {
+        let host_port = self
+            .endpoint
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !host_port {
+            return Err(Error::invalid(format!(
+                "vectorizer endpoint {:?} is not HOST:PORT",
+                self.endpoint
+            )));
+        }
+        for (what, value) in [
+            ("model", &self.model),
+            ("input", &self.input),
+            ("output", &self.output),
+        ] {
+            if value.is_empty() || value.len() > 256 {
+                return Err(Error::invalid(format!(
+                    "vectorizer {what}: 1-256 characters"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl CollectionSpec {
     /// Checks everything that can be checked without FAISS.
     pub fn validate(&self, limits: &Limits) -> Result<()> {

@@ -53,11 +53,24 @@ pub struct CreateArgs {
     /// Fixed for the collection's life.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     shards: Option<u32>,
+    /// gRPC HOST:PORT of an Open Inference Protocol server (shoal-sidecar) whose model turns
+    /// texts into this collection's vectors: upserts may carry text, searches query text.
+    #[arg(long, requires = "vectorizer_model")]
+    vectorizer_endpoint: Option<String>,
+    /// The vectorizer's model, e.g. all-MiniLM-L6-v2.
+    #[arg(long, requires = "vectorizer_endpoint")]
+    vectorizer_model: Option<String>,
+    /// The model's BYTES input tensor [default: TEXT].
+    #[arg(long, requires = "vectorizer_endpoint")]
+    vectorizer_input: Option<String>,
+    /// The model's FP32 output tensor [default: EMBEDDING].
+    #[arg(long, requires = "vectorizer_endpoint")]
+    vectorizer_output: Option<String>,
 }
 
 impl CreateArgs {
     fn request(&self) -> v1::CreateCollectionRequest {
-        create_request(
+        let mut request = create_request(
             &self.name,
             self.dim,
             self.metric,
@@ -65,7 +78,16 @@ impl CreateArgs {
             &self.params,
             self.replicas,
             self.shards,
-        )
+        );
+        if let (Some(endpoint), Some(model)) = (&self.vectorizer_endpoint, &self.vectorizer_model) {
+            request.vectorizer = Some(v1::Vectorizer {
+                endpoint: endpoint.clone(),
+                model: model.clone(),
+                input: self.vectorizer_input.clone().unwrap_or_default(),
+                output: self.vectorizer_output.clone().unwrap_or_default(),
+            });
+        }
+        request
     }
 }
 
@@ -97,6 +119,7 @@ pub fn create_request(
         // The server reads 0 as 1.
         replicas: replicas.unwrap_or(0),
         shards: shards.unwrap_or(0),
+        vectorizer: None,
     }
 }
 
@@ -181,6 +204,16 @@ struct CollectionReport {
     replicas: Vec<u64>,
     group: u64,
     shards: Vec<ShardReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vectorizer: Option<VectorizerReport>,
+}
+
+#[derive(Serialize)]
+struct VectorizerReport {
+    endpoint: String,
+    model: String,
+    input: String,
+    output: String,
 }
 
 #[derive(Serialize)]
@@ -240,6 +273,12 @@ impl From<v1::CollectionInfo> for CollectionReport {
             replication_factor: info.replication_factor,
             replicas: info.replicas,
             group: info.group,
+            vectorizer: info.vectorizer.map(|v| VectorizerReport {
+                endpoint: v.endpoint,
+                model: v.model,
+                input: v.input,
+                output: v.output,
+            }),
             shards: info
                 .shards
                 .into_iter()
@@ -296,6 +335,12 @@ impl Report for CollectionReport {
             HumanBytes(self.memory_bytes),
             self.segments.len(),
         );
+        if let Some(v) = &self.vectorizer {
+            text.push_str(&format!(
+                "\nvectorizer:    {} at {} ({} -> {})",
+                v.model, v.endpoint, v.input, v.output
+            ));
+        }
         if !self.shards.is_empty() {
             let rows: Vec<Vec<String>> = self
                 .shards
@@ -443,6 +488,7 @@ mod tests {
                 points: 3,
                 index_state: "ready".into(),
             }],
+            vectorizer: None,
         };
         let json = serde_json::to_value(CollectionReport::from(info)).unwrap();
         assert_eq!(

@@ -48,8 +48,16 @@ pub enum PointsCommand {
 pub struct UpsertArgs {
     collection: String,
     /// A float32 N x D .npy file, or a .jsonl file of {"id": 5 | "key", "vector": [...]} lines.
+    #[arg(
+        long,
+        required_unless_present = "text_file",
+        conflicts_with = "text_file"
+    )]
+    file: Option<PathBuf>,
+    /// A .jsonl file of {"id": 5 | "key", "text": "..."} lines, for a collection with a
+    /// vectorizer: the node turns the texts into vectors.
     #[arg(long)]
-    file: PathBuf,
+    text_file: Option<PathBuf>,
     /// Id of the first row of a .npy file; the rows get consecutive ids [default: 0].
     #[arg(long)]
     id_start: Option<u64>,
@@ -117,9 +125,33 @@ pub async fn run(mut clients: Clients, format: Format, command: PointsCommand) -
 
 async fn upsert_file(clients: &mut Clients, format: Format, args: &UpsertArgs) -> Result<u64> {
     let batch_size = args.batch_size as usize;
-    match args.file.extension().and_then(|e| e.to_str()) {
+    if let Some(path) = &args.text_file {
+        ensure!(
+            args.id_start.is_none(),
+            "--id-start applies to .npy files only"
+        );
+        let points = read_jsonl(path)?;
+        if let Some(p) = points.iter().find(|p| p.text.is_empty()) {
+            bail!(
+                "{}: every line of --text-file needs a \"text\" (id {:?} has none)",
+                path.display(),
+                p.id
+            );
+        }
+        // Texts are embedded per request: keep requests small enough for the model's batch.
+        let batch = batch_size.min(64);
+        let progress = output::progress_bar(format, points.len() as u64, "points");
+        let mut rest = points.into_iter();
+        let batches = std::iter::from_fn(|| {
+            let batch: Vec<v1::Point> = rest.by_ref().take(batch).collect();
+            (!batch.is_empty()).then_some(batch)
+        });
+        return upsert_batches(clients, &args.collection, batches, &progress).await;
+    }
+    let file = args.file.as_ref().context("--file or --text-file")?;
+    match file.extension().and_then(|e| e.to_str()) {
         Some("npy") => {
-            let matrix = read_npy(&args.file, None)?;
+            let matrix = read_npy(file, None)?;
             let id_start = args.id_start.unwrap_or(0);
             let progress = output::progress_bar(format, matrix.rows() as u64, "points");
             upsert_matrix(
@@ -137,7 +169,7 @@ async fn upsert_file(clients: &mut Clients, format: Format, args: &UpsertArgs) -
                 args.id_start.is_none(),
                 "--id-start applies to .npy files only; JSON Lines points carry their ids"
             );
-            let points = read_jsonl(&args.file)?;
+            let points = read_jsonl(file)?;
             let dim = points.iter().map(|p| p.vector.len()).max().unwrap_or(0);
             let batch = batch_len(batch_size, dim);
             let progress = output::progress_bar(format, points.len() as u64, "points");
@@ -150,7 +182,7 @@ async fn upsert_file(clients: &mut Clients, format: Format, args: &UpsertArgs) -
         }
         _ => bail!(
             "{}: unknown file type; expected a .npy or .jsonl file",
-            args.file.display()
+            file.display()
         ),
     }
 }
@@ -174,6 +206,7 @@ pub async fn upsert_matrix(
             .map(|i| v1::Point {
                 id: Some((id_start + i as u64).into()),
                 vector: matrix.row(i).to_vec(),
+                ..Default::default()
             })
             .collect()
     });

@@ -16,7 +16,7 @@ use crate::io::read_npy;
 use crate::output::{self, table, vector_text, Format, Report};
 
 #[derive(Debug, Args)]
-#[group(id = "query", required = true, multiple = false, args = ["vector", "file"])]
+#[group(id = "query", required = true, multiple = false, args = ["vector", "file", "text"])]
 pub struct SearchArgs {
     collection: String,
     /// One query vector, e.g. "0.1,0.2,0.3".
@@ -25,6 +25,9 @@ pub struct SearchArgs {
     /// A float32 N x D .npy file of queries.
     #[arg(long)]
     file: Option<PathBuf>,
+    /// A query text, in a collection with a vectorizer (repeatable: one query each).
+    #[arg(long)]
+    text: Vec<String>,
     /// Results per query.
     #[arg(long, default_value_t = 10)]
     k: u32,
@@ -87,8 +90,18 @@ pub async fn run(mut clients: Clients, format: Format, args: SearchArgs) -> Resu
         (None, Some(path)) => read_npy(path, None)?.iter().map(<[f32]>::to_vec).collect(),
         (None, None) => Vec::new(),
     };
-    ensure!(!queries.is_empty(), "no queries to search");
-    let dim = queries[0].len();
+    ensure!(
+        !queries.is_empty() || !args.text.is_empty(),
+        "no queries to search"
+    );
+    // Query texts travel as they are (one request: the node embeds them); vectors in chunks.
+    let texts = !args.text.is_empty();
+    let queries: Vec<Vec<f32>> = if texts {
+        vec![Vec::new(); args.text.len()]
+    } else {
+        queries
+    };
+    let dim = queries[0].len().max(384);
     // A query goes out as its floats; its hits come back as ids, scores and maybe vectors.
     let hit_bytes = 24 + if args.with_vectors { dim * 4 } else { 0 };
     let query_bytes = (dim * 4).max(args.k as usize * hit_bytes);
@@ -100,13 +113,19 @@ pub async fn run(mut clients: Clients, format: Format, args: SearchArgs) -> Resu
         .map(shoal_proto::json::parse_timestamp)
         .transpose()?;
     let mut results = Vec::with_capacity(queries.len());
+    let per_request = if texts { queries.len() } else { per_request };
     for chunk in queries.chunks(per_request) {
         let request = v1::SearchRequest {
             collection: args.collection.clone(),
-            queries: chunk
-                .iter()
-                .map(|q| v1::Vector { values: q.clone() })
-                .collect(),
+            queries: if texts {
+                Vec::new()
+            } else {
+                chunk
+                    .iter()
+                    .map(|q| v1::Vector { values: q.clone() })
+                    .collect()
+            },
+            query_texts: if texts { args.text.clone() } else { Vec::new() },
             k: args.k,
             params: Some(args.params.to_wire()),
             with_vectors: args.with_vectors,

@@ -27,7 +27,7 @@ CARGO ?= cargo
 # shoal-sidecar is a workspace of its own (docs/adr/0008-inference-sidecar.md).
 SIDECAR := --manifest-path crates/sidecar/Cargo.toml
 
-.PHONY: help setup build data lint test demo bench bench-cluster bench-shards bench-features bench-filter bench-sidecar clean-data feast-venv model sidecar-venv
+.PHONY: help setup build data lint test demo bench bench-cluster bench-shards bench-features bench-filter bench-sidecar bench-text clean-data feast-venv model sidecar-venv
 
 help:
 	@echo "make setup       install missing apt packages (as root), check CPU and Rust"
@@ -44,6 +44,7 @@ help:
 	@echo "make bench-features setup, build, then scripts/bench-features.sh (get_online_features latency, gRPC and HTTP)"
 	@echo "make bench-filter   setup, build, data, then scripts/bench-filter.sh (filtered search QPS and recall at 1/10/50%)"
 	@echo "make bench-sidecar  setup, build, model, venv, then scripts/bench-sidecar.sh (texts/s and latency, batching on/off)"
+	@echo "make bench-text     setup, build, model, then scripts/bench-text.sh (text upserts and text search through node + sidecar)"
 	@echo "make clean-data  delete the fetched data sets (data/)"
 
 setup:
@@ -112,6 +113,9 @@ bench-filter: setup build data
 
 bench-sidecar: setup build model sidecar-venv
 	SECONDS_PER_RUN=$${SECONDS_PER_RUN:-5} bash scripts/bench-sidecar.sh
+
+bench-text: setup build model
+	bash scripts/bench-text.sh
 
 clean-data:
 	rm -rf data

@@ -13,6 +13,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod bench;
+mod bench_text;
 mod client;
 mod commands;
 mod consistency;
@@ -78,6 +79,9 @@ enum Command {
     Features(commands::features::FeaturesCommand),
     /// Load a data set, then measure search throughput, latency and recall.
     Bench(BenchArgs),
+    /// Upsert texts into a collection with a vectorizer, then measure text search throughput
+    /// and latency (embedding included).
+    BenchText(bench_text::BenchTextArgs),
 }
 
 #[tokio::main]
@@ -105,6 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Shard(command) => commands::cluster::run_shard(clients, cli.output, command).await,
         Command::Features(command) => commands::features::run(clients, cli.output, command).await,
         Command::Bench(args) => bench::run(clients, cli.output, args).await,
+        Command::BenchText(args) => bench_text::run(clients, cli.output, args).await,
     };
     result.map_err(|err| {
         if never_reached_node(&err) {

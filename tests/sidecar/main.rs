@@ -519,3 +519,55 @@ async fn text_upserts_and_searches_go_through_the_vectorizer() {
     let found = node.shoalctl_json(&["search", "docs", "--text", "cooking dinner", "--k", "1"]);
     assert_eq!(found[0][0]["id"].as_u64(), Some(7), "{found}");
 }
+
+/// A vectorizer slower than the node's deadline: DEADLINE_EXCEEDED, and nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_vectorizer_fails_the_request_by_its_deadline_and_writes_nothing() {
+    // Every request waits 5 s in the sidecar's queue for company; the node gives up at 1.5 s.
+    let sidecar = Sidecar::start(&["--max-queue-delay-ms", "5000", "--max-batch-size", "64"]);
+    let node =
+        shoal_tests::Node::start_with_env(&[], &[("SHOAL__CLUSTER__FORWARD_TIMEOUT_MS", "1500")]);
+    node.shoalctl_ok(&[
+        "collection",
+        "create",
+        "docs",
+        "--dim",
+        "384",
+        "--metric",
+        "cosine",
+        "--vectorizer-endpoint",
+        &sidecar.grpc.to_string(),
+        "--vectorizer-model",
+        MINILM,
+    ]);
+    let mut points = node.points().await;
+    let started = std::time::Instant::now();
+    let status = points
+        .upsert(v1::UpsertRequest {
+            collection: "docs".into(),
+            points: vec![v1::Point {
+                id: Some(1u64.into()),
+                text: "too slow to wait for".into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("vectorizer"), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let count = points
+        .count(v1::CountRequest {
+            collection: "docs".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .count;
+    assert_eq!(count, 0);
+}

@@ -70,6 +70,9 @@ pub struct ClusterConfig {
     /// Deadline of a request this node forwards to another, in milliseconds; also the
     /// deadline of a whole request the node's router fans out over shards.
     pub forward_timeout_ms: u64,
+    /// For StatefulSet pods: take the node id from the host name's ordinal (`shoal-2` is node
+    /// 3), so every pod of one template gets its own, stable id.
+    pub node_id_from_hostname: bool,
     /// Whether the meta leader moves replicas between nodes to even out their counts (after a
     /// join, say). Drains move replicas either way. Off: replicas stay where they are
     /// placed or moved by hand (`shoalctl shard move`).
@@ -86,6 +89,7 @@ impl Default for ClusterConfig {
             meta_voters: 3,
             leader_wait_secs: 30,
             forward_timeout_ms: 30_000,
+            node_id_from_hostname: false,
             rebalance: true,
         }
     }
@@ -198,9 +202,33 @@ impl Config {
         if let Some(join) = &overrides.join {
             figment = figment.merge(("cluster.join", join));
         }
-        let config: Config = figment.extract().context("invalid configuration")?;
+        let mut config: Config = figment.extract().context("invalid configuration")?;
+        config.resolve_identity(std::env::var("HOSTNAME").ok().as_deref())?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// What pods of one StatefulSet template need: with `cluster.node_id_from_hostname`,
+    /// the node id is the host name's ordinal plus one; and a `cluster.join` that names this
+    /// node itself (every pod is told to join ordinal 0) means this node bootstraps.
+    pub fn resolve_identity(&mut self, hostname: Option<&str>) -> anyhow::Result<()> {
+        if self.cluster.node_id_from_hostname {
+            let host = hostname
+                .filter(|h| !h.is_empty())
+                .context("cluster.node_id_from_hostname is set but HOSTNAME is not")?;
+            let ordinal: u64 = host
+                .rsplit_once('-')
+                .and_then(|(_, n)| n.parse().ok())
+                .with_context(|| {
+                    format!("host name {host:?} does not end in -ORDINAL (cluster.node_id_from_hostname)")
+                })?;
+            self.cluster.node_id = ordinal + 1;
+        }
+        let own = self.cluster.advertise(self.node.listen);
+        if self.cluster.join.as_deref() == Some(own.as_str()) {
+            self.cluster.join = None;
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -264,6 +292,37 @@ fn check_host_port(key: &str, addr: &str) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn statefulset_pods_take_their_id_from_the_ordinal_and_ordinal_0_bootstraps() {
+        let pod = |host: &str| {
+            let mut config = Config::default();
+            config.cluster.node_id_from_hostname = true;
+            config.cluster.advertise =
+                Some(format!("{host}.shoal-headless.db.svc.cluster.local:7600"));
+            config.cluster.join = Some("shoal-0.shoal-headless.db.svc.cluster.local:7600".into());
+            config.resolve_identity(Some(host)).map(|()| config)
+        };
+        let first = pod("shoal-0").unwrap();
+        assert_eq!(first.cluster.node_id, 1);
+        assert_eq!(
+            first.cluster.join, None,
+            "ordinal 0 joins itself: it bootstraps"
+        );
+        let third = pod("shoal-2").unwrap();
+        assert_eq!(third.cluster.node_id, 3);
+        assert!(third.cluster.join.is_some());
+        assert!(pod("shoal").is_err());
+        assert!(pod("shoal-x").is_err());
+        let mut config = Config::default();
+        config.cluster.node_id_from_hostname = true;
+        assert!(config.resolve_identity(None).is_err());
+        // Without the setting, the configured id stays.
+        let mut config = Config::default();
+        config.cluster.node_id = 7;
+        config.resolve_identity(Some("shoal-2")).unwrap();
+        assert_eq!(config.cluster.node_id, 7);
+    }
+
     use std::io::Write;
 
     use super::*;

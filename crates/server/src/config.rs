@@ -178,10 +178,22 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub join: Option<String>,
+    pub advertise: Option<String>,
 }
 
 impl Config {
+    /// The configuration from defaults, then `file`, then `SHOAL__*` environment variables,
+    /// then `overrides`; the host name is `HOSTNAME`'s (see [`Config::resolve_identity`]).
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
+        Self::load_as(file, overrides, std::env::var("HOSTNAME").ok().as_deref())
+    }
+
+    /// [`Config::load`] on a host named `hostname`.
+    pub fn load_as(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        hostname: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.exists() {
@@ -202,8 +214,11 @@ impl Config {
         if let Some(join) = &overrides.join {
             figment = figment.merge(("cluster.join", join));
         }
+        if let Some(advertise) = &overrides.advertise {
+            figment = figment.merge(("cluster.advertise", advertise));
+        }
         let mut config: Config = figment.extract().context("invalid configuration")?;
-        config.resolve_identity(std::env::var("HOSTNAME").ok().as_deref())?;
+        config.resolve_identity(hostname)?;
         config.validate()?;
         Ok(config)
     }

@@ -77,6 +77,9 @@ struct NodeArgs {
     /// empty data directory bootstraps a new cluster.
     #[arg(long, value_name = "HOST:PORT")]
     join: Option<String>,
+    /// HOST:PORT other nodes dial this node at (cluster.advertise) [default: --listen].
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
                 listen: args.listen,
                 http: args.http,
                 join: args.join,
+                advertise: args.advertise,
             },
             None,
         ),
@@ -177,4 +181,113 @@ fn init_tracing(log: &config::LogConfig) -> anyhow::Result<()> {
         builder.init();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod chart_tests {
+    //! The Helm chart against this binary: its rendered ConfigMap loads with the real config
+    //! type, and its rendered container args parse with the real CLI, for every pod.
+
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    use super::*;
+
+    /// `make helm` puts helm in `.tools/bin`; SHOAL_HELM overrides.
+    fn helm() -> PathBuf {
+        let helm = std::env::var_os("SHOAL_HELM")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/bin/helm"));
+        assert!(
+            helm.exists(),
+            "{} not found: run `make helm`",
+            helm.display()
+        );
+        helm
+    }
+
+    fn render(set: &[&str]) -> String {
+        let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../helm/shoal");
+        let mut command = Command::new(helm());
+        command
+            .args(["template", "shoal"])
+            .arg(chart)
+            .args(["--namespace", "db"]);
+        for value in set {
+            command.args(["--set", value]);
+        }
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The block scalar under `key: |` in `doc`, de-indented.
+    fn block(doc: &str, key: &str) -> String {
+        let mut lines = doc.lines().skip_while(|l| l.trim() != format!("{key}: |"));
+        let header = lines.next().unwrap_or_else(|| panic!("no {key} in {doc}"));
+        let indent = header.len() - header.trim_start().len() + 2;
+        lines
+            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() >= indent)
+            .map(|l| l.get(indent..).unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The `args` list of container `name` in `doc`.
+    fn args(doc: &str, name: &str) -> Vec<String> {
+        let mut lines = doc
+            .lines()
+            .skip_while(|l| l.trim() != format!("- name: {name}"))
+            .skip_while(|l| l.trim() != "args:");
+        lines.next().unwrap_or_else(|| panic!("no args of {name}"));
+        lines
+            .map(str::trim)
+            .take_while(|l| l.starts_with("- "))
+            .map(|l| l.trim_start_matches("- ").trim_matches('"').to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_chart_renders_a_config_and_args_this_binary_accepts_for_every_pod() {
+        let rendered = render(&["replicaCount=5", "router.enabled=true"]);
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("shoal.toml");
+        std::fs::write(&toml, block(&rendered, "shoal.toml")).unwrap();
+        let node_args = args(&rendered, "shoal");
+        for ordinal in 0..5u64 {
+            let pod = format!("shoal-{ordinal}");
+            let argv = std::iter::once("shoal".to_owned())
+                .chain(node_args.iter().map(|a| a.replace("$(POD_NAME)", &pod)))
+                .map(|a| a.replace("/etc/shoal/shoal.toml", toml.to_str().unwrap()));
+            let Commands::Node(cli) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("the chart's node args do not run a node");
+            };
+            let overrides = Overrides {
+                data_dir: cli.data_dir,
+                listen: cli.listen,
+                http: cli.http,
+                join: cli.join,
+                advertise: cli.advertise,
+            };
+            let config = Config::load_as(cli.config.as_deref(), &overrides, Some(&pod)).unwrap();
+            assert_eq!(config.cluster.node_id, ordinal + 1);
+            assert_eq!(config.cluster.meta_voters, 5);
+            assert_eq!(config.node.data_dir, Path::new("/data"));
+            assert_eq!(
+                config.cluster.advertise.as_deref(),
+                Some(format!("{pod}.shoal-headless.db.svc.cluster.local:7600").as_str())
+            );
+            // Ordinal 0 bootstraps; every other pod joins it.
+            let seed = "shoal-0.shoal-headless.db.svc.cluster.local:7600";
+            let wanted = (ordinal > 0).then_some(seed);
+            assert_eq!(config.cluster.join.as_deref(), wanted, "{pod}");
+        }
+        let router = std::iter::once("shoal".to_owned()).chain(args(&rendered, "router"));
+        let parsed = Cli::try_parse_from(router).unwrap();
+        assert!(matches!(parsed.command, Commands::Router(_)));
+    }
 }

@@ -20,6 +20,8 @@
 #      offered, none when metrics are off.
 #   3. Checks that an even replicaCount (2, 4) makes `helm template` fail: the chart refuses an
 #      even number of Raft voters.
+#   5. (below 4) Checks that deploy/kubernetes/shoal.yaml, the plain manifests, is what
+#      scripts/render-manifests.sh renders from the chart now.
 #   4. When checkov is installed (.venv-k8s, `make k8s-venv`), scans one rendering with the
 #      default values (namespace "shoal": the release namespace is the installer's choice) with
 #      checkov's Kubernetes checks. Accepted findings are skipped through
@@ -211,6 +213,22 @@ if [[ -x "$CHECKOV" ]]; then
   fi
 else
   echo "skip  checkov: not installed at $CHECKOV (make k8s-venv)"
+fi
+
+# 5. The plain manifests (deploy/kubernetes) are the chart's default rendering.
+label="deploy/kubernetes/shoal.yaml is the chart's default rendering"
+if ! HELM="$HELM" bash scripts/render-manifests.sh "$work/plain.yaml" 2>"$work/plain.txt"; then
+  fail "$label: rendering failed" "$work/plain.txt"
+elif diff -u deploy/kubernetes/shoal.yaml "$work/plain.yaml" >"$work/plain.txt"; then
+  pass "$label"
+else
+  echo "run scripts/render-manifests.sh after changing the chart" >>"$work/plain.txt"
+  fail "$label" "$work/plain.txt"
+fi
+if "$VALIDATE" --strict --quiet -k 1.31.0 - <deploy/kubernetes/namespace.yaml >"$work/ns.txt" 2>&1; then
+  pass "deploy/kubernetes/namespace.yaml is valid"
+else
+  fail "deploy/kubernetes/namespace.yaml is valid" "$work/ns.txt"
 fi
 
 echo "chart-check: $passed passed, $failed failed"

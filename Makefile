@@ -27,7 +27,7 @@ CARGO ?= cargo
 # shoal-sidecar is a workspace of its own (docs/adr/0008-inference-sidecar.md).
 SIDECAR := --manifest-path crates/sidecar/Cargo.toml
 
-.PHONY: help setup build data lint test demo bench bench-cluster bench-shards bench-features bench-filter bench-sidecar bench-text clean-data feast-venv model sidecar-venv helm k8s-venv chart-check
+.PHONY: help setup build data lint test demo bench bench-cluster bench-shards bench-features bench-filter bench-sidecar bench-text images image-check clean-data feast-venv model sidecar-venv helm k8s-venv chart-check
 
 help:
 	@echo "make setup       install missing apt packages (as root), check CPU and Rust"
@@ -48,6 +48,8 @@ help:
 	@echo "make bench-filter   setup, build, data, then scripts/bench-filter.sh (filtered search QPS and recall at 1/10/50%)"
 	@echo "make bench-sidecar  setup, build, model, venv, then scripts/bench-sidecar.sh (texts/s and latency, batching on/off)"
 	@echo "make bench-text     setup, build, model, then scripts/bench-text.sh (text upserts and text search through node + sidecar)"
+	@echo "make images      container images shoal and shoal-sidecar from the built binaries (deploy/)"
+	@echo "make image-check build the images and run them (skipped without a Docker engine)"
 	@echo "make clean-data  delete the fetched data sets (data/)"
 
 setup:
@@ -102,7 +104,15 @@ k8s-venv:
 chart-check: helm k8s-venv
 	bash scripts/chart-check.sh
 
-test: setup build data feast-venv model sidecar-venv chart-check
+# Container images shoal:0.1.0 and shoal-sidecar:0.1.0 (deploy/Dockerfile.*), from the built binaries.
+images: build model
+	bash scripts/build-images.sh
+
+# Builds the images and runs them (skips, saying why, without a usable Docker engine).
+image-check: build model
+	bash scripts/image-check.sh
+
+test: setup build data feast-venv model sidecar-venv chart-check image-check
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	  $(CARGO) nextest run $(SIDECAR) --no-fail-fast; \

@@ -33,6 +33,10 @@ readonly PACKAGES=(
   python3-venv
   curl
   ca-certificates
+  # The container image check (scripts/image-check.sh): the Docker engine, and binutils'
+  # strip for the images' binaries.
+  docker.io
+  binutils
 )
 
 # The oldest toolchain the workspace accepts (workspace.package.rust-version).

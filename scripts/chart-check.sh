@@ -152,7 +152,7 @@ for version in "${KUBE_VERSIONS[@]}"; do
         for api in "${api_variants[@]}"; do
           label=$(printf 'k8s %-6s replicas=%s metrics=%-5s persistence=%s%s' "$version" \
             "$replicas" "$metrics" "$persistence" "${api:+ api-versions=$api}")
-          args=(template shoal "$CHART" --kube-version "$version"
+          args=(template shoal "$CHART" --kube-version "$version" --set persistence.allowEphemeralCluster=true
             --set "replicaCount=$replicas"
             --set "metrics.serviceMonitor.enabled=$metrics"
             --set "persistence.enabled=$persistence")

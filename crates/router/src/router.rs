@@ -245,6 +245,21 @@ impl Router {
         if at.is_empty() {
             return Ok(());
         }
+        // What can be refused without the model is refused before it runs.
+        let max = self.limits.max_points_per_request;
+        self.limits
+            .check_batch("upsert", points.len(), max)
+            .map_err(bad)?;
+        let ids = points
+            .iter()
+            .map(|p| {
+                p.id.clone()
+                    .ok_or_else(|| Error::invalid("point without an id"))
+                    .and_then(PointId::try_from)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        validate_ids(&ids).map_err(bad)?;
         if let Some(i) = at.iter().find(|i| !points[**i].vector.is_empty()) {
             return Err(Status::invalid_argument(format!(
                 "point {i} has both a vector and a text; send one"

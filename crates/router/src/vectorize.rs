@@ -132,6 +132,8 @@ fn failed(what: &str, status: &Status) -> Status {
         Code::ResourceExhausted => Status::resource_exhausted(message),
         Code::DeadlineExceeded | Code::Cancelled => Status::deadline_exceeded(message),
         Code::NotFound => Status::failed_precondition(message),
+        // The model failed on this input: retrying will not help.
+        Code::Internal => Status::internal(message),
         _ => Status::unavailable(message),
     }
 }

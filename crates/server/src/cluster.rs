@@ -1420,12 +1420,22 @@ impl Cluster {
                 .clone()
                 .resolve(&views, &shoal_proto::json::parse_timestamp)
         };
+        // Only a view or field this node does not know may be news from the meta leader; a
+        // syntax or type error stays what it is, and so does the error if the sync fails.
+        let unknown = |e: &Error| {
+            ["not a feature view", "has no field", "has a field"]
+                .iter()
+                .any(|m| e.message.contains(m))
+        };
         match resolve(&self.layout()) {
             Ok(resolved) => Ok(resolved),
-            Err(_) => {
-                self.sync_layout().await?;
+            Err(e) if unknown(&e) => {
+                if self.sync_layout().await.is_err() {
+                    return Err(e);
+                }
                 resolve(&self.layout())
             }
+            Err(e) => Err(e),
         }
     }
 

@@ -275,7 +275,10 @@ mod chart_tests {
             };
             let config = Config::load_as(cli.config.as_deref(), &overrides, Some(&pod)).unwrap();
             assert_eq!(config.cluster.node_id, ordinal + 1);
-            assert_eq!(config.cluster.meta_voters, 5);
+            assert_eq!(
+                config.cluster.meta_voters, 3,
+                "config.metaVoters, not replicaCount"
+            );
             assert_eq!(config.node.data_dir, Path::new("/data"));
             assert_eq!(
                 config.cluster.advertise.as_deref(),

@@ -25,6 +25,8 @@ pub(crate) const EXACT_FILTER_CANDIDATES: usize = 2048;
 /// Filters that leave at most this share of a collection's points are scored exactly too:
 /// a graph index searched with a sparse selector misses neighbours.
 pub(crate) const EXACT_FILTER_SHARE: f64 = 0.05;
+/// But never more than this many vector components (64 MB): beyond, the index path.
+pub(crate) const EXACT_FILTER_MAX_VALUES: usize = 16 << 20;
 
 impl SearchFilter {
     /// The entities whose live rows (newest at `as_of`, within their view's TTL at
@@ -94,11 +96,19 @@ impl SearchFilter {
 
 /// A filter's candidates in one collection, as [`FilterCache`] keeps them.
 pub(crate) struct Candidates {
-    /// The points the filter keeps: ids and rows, by row.
+    /// The points the filter keeps: ids (for exact scoring only; empty otherwise) and rows,
+    /// by row.
     pub ids: Vec<PointId>,
     pub rows: Vec<u64>,
     /// Their stored vectors, row-major, when few enough to be scored exactly.
     pub vectors: Option<Vec<f32>>,
+}
+
+impl Candidates {
+    /// What it holds, counted in ids, rows and vector components.
+    fn size(&self) -> usize {
+        self.ids.len() + self.rows.len() + self.vectors.as_ref().map_or(0, Vec::len)
+    }
 }
 
 struct CacheEntry {
@@ -121,8 +131,9 @@ pub(crate) struct FilterCache {
 
 /// Entries kept; the least recently used goes first.
 const CACHED_FILTERS: usize = 16;
-/// Largest candidate set kept, in ids and vector components.
-const CACHED_VALUES: usize = 16 << 20;
+/// Most ids, rows and vector components all entries hold together (a few hundred MB at
+/// most); an entry larger than this is not kept.
+const CACHED_VALUES: usize = 32 << 20;
 
 impl FilterCache {
     pub(crate) fn get(
@@ -157,8 +168,7 @@ impl FilterCache {
         expiry: Option<i64>,
         candidates: Arc<Candidates>,
     ) {
-        let size = candidates.ids.len() + candidates.vectors.as_ref().map_or(0, Vec::len);
-        if filter.as_of.is_some() || size > CACHED_VALUES {
+        if filter.as_of.is_some() || candidates.size() > CACHED_VALUES {
             return;
         }
         let mut entries = self.entries.lock();
@@ -172,5 +182,9 @@ impl FilterCache {
             candidates,
         });
         entries.truncate(CACHED_FILTERS);
+        // The least recently used go until the rest fit the budget.
+        while entries.iter().map(|e| e.candidates.size()).sum::<usize>() > CACHED_VALUES {
+            entries.pop_back();
+        }
     }
 }

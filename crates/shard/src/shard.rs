@@ -17,7 +17,8 @@ use shoal_types::{
 };
 
 use crate::filter::{
-    Candidates, FilterCache, SearchFilter, EXACT_FILTER_CANDIDATES, EXACT_FILTER_SHARE,
+    Candidates, FilterCache, SearchFilter, EXACT_FILTER_CANDIDATES, EXACT_FILTER_MAX_VALUES,
+    EXACT_FILTER_SHARE,
 };
 use crate::metrics::ShardMetrics;
 
@@ -732,12 +733,13 @@ impl Shard {
             .filter_map(|(row, id)| row.map(|row| (id, row)))
             .collect();
         found.sort_unstable_by_key(|(_, row)| *row);
-        let exact = found.len() <= EXACT_FILTER_CANDIDATES
+        let few = found.len() <= EXACT_FILTER_CANDIDATES
             || found.len() as f64 <= EXACT_FILTER_SHARE * coll.index.len() as f64;
+        let small = found.len() * coll.index.spec().dimension as usize <= EXACT_FILTER_MAX_VALUES;
         let (ids, rows): (Vec<PointId>, Vec<u64>) = found.into_iter().unzip();
-        if !exact {
+        if !(few && small) {
             let candidates = Candidates {
-                ids,
+                ids: Vec::new(),
                 rows,
                 vectors: None,
             };

@@ -37,6 +37,10 @@ pub fn status(error: ApiError) -> Status {
 fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    // The protocol allows at most 8 digits.
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
@@ -127,7 +131,7 @@ impl GrpcInferenceService for Grpc {
         let started = Instant::now();
         let timeout = grpc_timeout(&request);
         let r = request.into_inner();
-        let model = r.model_name.clone();
+        let model = self.models.label(&r.model_name);
         let result = self.infer(r, timeout).await;
         let code = result.as_ref().map_or_else(ApiError::code, |_| "ok");
         self.metrics
@@ -161,7 +165,7 @@ impl Grpc {
                     )));
                 }
                 if tensor.datatype == "BYTES" {
-                    split_raw_bytes(&r.raw_input_contents[i])?
+                    split_raw_bytes(&r.raw_input_contents[i], self.models.limits.max_texts)?
                 } else {
                     Vec::new()
                 }

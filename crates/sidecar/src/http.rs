@@ -48,7 +48,20 @@ pub fn router(http: Http) -> Router {
             post(infer_at),
         )
         .route("/metrics", get(metrics))
+        // Room for max_texts texts of max_text_bytes (axum's default is 2 MB).
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit(
+            &http.models,
+        )))
         .with_state(http)
+}
+
+/// The largest request body worth reading: every text at its limit, JSON-escaped, plus room.
+fn body_limit(models: &Models) -> usize {
+    let limits = models.limits;
+    limits
+        .max_texts
+        .saturating_mul(limits.max_text_bytes.saturating_mul(2).saturating_add(8))
+        .saturating_add(64 * 1024)
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -131,7 +144,8 @@ async fn infer_at(
     let started = Instant::now();
     let result = run(&h, &model, &version, &body).await;
     let code = result.as_ref().map_or_else(ApiError::code, |_| "ok");
-    h.metrics.request(&model, "http", code, started.elapsed());
+    h.metrics
+        .request(&h.models.label(&model), "http", code, started.elapsed());
     match result {
         Ok(body) => json_response(StatusCode::OK, &body),
         Err(e) => error(&e),

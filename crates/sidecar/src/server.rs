@@ -84,6 +84,16 @@ pub struct Models {
 }
 
 impl Models {
+    /// `name` as a metrics label: unknown names share one, so requests for made-up models
+    /// cannot grow the metrics without bound.
+    pub fn label(&self, name: &str) -> String {
+        if self.batchers.contains_key(name) {
+            name.to_owned()
+        } else {
+            "_unknown".to_owned()
+        }
+    }
+
     /// The model `name` at `version` ("" for the server's choice).
     pub fn get(&self, name: &str, version: &str) -> Result<&Batcher, ApiError> {
         let batcher = self.batchers.get(name).ok_or_else(|| {
@@ -142,7 +152,10 @@ impl Models {
             )));
         }
         let texts = self.texts(&input)?;
-        let deadline = Instant::now() + timeout.unwrap_or(self.limits.default_timeout);
+        let wait = timeout.unwrap_or(self.limits.default_timeout);
+        let deadline = Instant::now()
+            .checked_add(wait)
+            .unwrap_or_else(|| Instant::now() + self.limits.default_timeout);
         let n = texts.len();
         let values = batcher
             .embed(texts, deadline)
@@ -200,11 +213,16 @@ impl Models {
 }
 
 /// Splits a BYTES tensor's raw contents: each element is a 4-byte little-endian length, then
-/// that many bytes.
-pub fn split_raw_bytes(raw: &[u8]) -> Result<Vec<Vec<u8>>, ApiError> {
+/// that many bytes. More than `max` elements is refused before they are all copied.
+pub fn split_raw_bytes(raw: &[u8], max: usize) -> Result<Vec<Vec<u8>>, ApiError> {
     let mut elements = Vec::new();
     let mut rest = raw;
     while !rest.is_empty() {
+        if elements.len() == max {
+            return Err(invalid(format!(
+                "raw BYTES contents hold more than {max} texts"
+            )));
+        }
         let (len, tail) = rest
             .split_first_chunk::<4>()
             .ok_or_else(|| invalid("raw BYTES contents end inside an element's 4-byte length"))?;
@@ -232,13 +250,15 @@ mod tests {
             raw.extend_from_slice(&(s.len() as u32).to_le_bytes());
             raw.extend_from_slice(s.as_bytes());
         }
-        let split = split_raw_bytes(&raw).unwrap();
+        let split = split_raw_bytes(&raw, 10).unwrap();
         assert_eq!(
             split,
             vec![b"hello".to_vec(), vec![], "wörld".as_bytes().to_vec()]
         );
-        assert!(split_raw_bytes(&raw[..raw.len() - 1]).is_err());
-        assert!(split_raw_bytes(&[1, 0]).is_err());
-        assert!(split_raw_bytes(&[]).unwrap().is_empty());
+        assert!(split_raw_bytes(&raw[..raw.len() - 1], 10).is_err());
+        assert!(split_raw_bytes(&[1, 0], 10).is_err());
+        assert!(split_raw_bytes(&[], 10).unwrap().is_empty());
+        let err = split_raw_bytes(&raw, 2).unwrap_err();
+        assert!(err.to_string().contains("more than 2 texts"), "{err}");
     }
 }

@@ -35,8 +35,10 @@ app.kubernetes.io/component: node
 {{- printf "%s-0.%s.%s.svc.cluster.local:%d" (include "shoal.fullname" .) (include "shoal.headless" .) .Release.Namespace (int .Values.ports.grpc) -}}
 {{- end -}}
 
+{{/* Fixed by a value of its own (not derived from replicaCount), so that scaling does not
+     change the ConfigMap and roll every pod. */}}
 {{- define "shoal.metaVoters" -}}
-{{- min (int .Values.replicaCount) 5 -}}
+{{- min (int .Values.replicaCount) (int .Values.config.metaVoters) -}}
 {{- end -}}
 
 {{/* Render-time checks of values that would make a broken cluster. */}}
@@ -47,6 +49,13 @@ app.kubernetes.io/component: node
 {{- end -}}
 {{- if gt $n 7 -}}
 {{- fail (printf "replicaCount %d: this chart supports up to 7 nodes" $n) -}}
+{{- end -}}
+{{- if and (not .Values.persistence.enabled) (gt $n 1) (not .Values.persistence.allowEphemeralCluster) -}}
+{{- fail "persistence.enabled=false with more than one node: a restarted pod comes back empty (ordinal 0 would found a second cluster, the others cannot rejoin under their ids); set persistence.allowEphemeralCluster=true only for throwaway clusters" -}}
+{{- end -}}
+{{- $v := int .Values.config.metaVoters -}}
+{{- if or (lt $v 1) (gt $v 7) (eq (mod $v 2) 0) -}}
+{{- fail (printf "config.metaVoters must be odd, 1 to 7; got %d" $v) -}}
 {{- end -}}
 {{- if and .Values.router.enabled (lt (int .Values.router.replicaCount) 1) -}}
 {{- fail "router.replicaCount must be at least 1 when the router is enabled" -}}
@@ -72,4 +81,41 @@ capabilities:
   drop: [ALL]
 seccompProfile:
   type: RuntimeDefault
+{{- end -}}
+
+{{/* The inference sidecar container, for node pods and router pods. */}}
+{{- define "shoal.sidecarContainer" -}}
+- name: inference
+  image: "{{ .Values.sidecar.image.repository }}:{{ .Values.sidecar.image.tag | default .Chart.AppVersion }}"
+  imagePullPolicy: {{ .Values.sidecar.image.pullPolicy }}
+  args:
+    - --model-repository={{ .Values.sidecar.modelRepository }}
+    - --grpc=127.0.0.1:{{ .Values.sidecar.ports.grpc }}
+    - --http=0.0.0.0:{{ .Values.sidecar.ports.http }}
+    {{- range .Values.sidecar.args }}
+    - {{ . | quote }}
+    {{- end }}
+  ports:
+    - name: infer-http
+      containerPort: {{ .Values.sidecar.ports.http }}
+  startupProbe:
+    httpGet:
+      path: /v2/health/ready
+      port: infer-http
+    periodSeconds: 2
+    failureThreshold: 60
+  livenessProbe:
+    httpGet:
+      path: /v2/health/live
+      port: infer-http
+    periodSeconds: 10
+  readinessProbe:
+    httpGet:
+      path: /v2/health/ready
+      port: infer-http
+    periodSeconds: 5
+  resources:
+    {{- toYaml .Values.sidecar.resources | nindent 12 }}
+  securityContext:
+    {{- include "shoal.containerSecurityContext" . | nindent 12 }}
 {{- end -}}

@@ -9,6 +9,7 @@ mod cluster;
 mod cluster_api;
 mod config;
 mod feast;
+mod format;
 mod grpc;
 mod http;
 mod node;

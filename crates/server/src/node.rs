@@ -64,7 +64,8 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
         let data_dir = data_dir.clone();
         move || {
             std::fs::create_dir_all(&data_dir)
-                .with_context(|| format!("creating data directory {}", data_dir.display()))
+                .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+            crate::format::check_or_init(&data_dir)
         }
     })
     .await??;

@@ -469,6 +469,16 @@ async fn text_upserts_and_searches_go_through_the_vectorizer() {
 
     // The sidecar down: UNAVAILABLE, nothing written.
     drop(sidecar);
+    // What needs no model is refused before the model is called: a repeated id is
+    // INVALID_ARGUMENT even with the vectorizer down.
+    let status = points
+        .upsert(v1::UpsertRequest {
+            collection: "docs".into(),
+            points: vec![text_point(8, "once"), text_point(8, "twice")],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let status = points
         .upsert(v1::UpsertRequest {
             collection: "docs".into(),

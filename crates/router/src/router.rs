@@ -246,20 +246,7 @@ impl Router {
             return Ok(());
         }
         // What can be refused without the model is refused before it runs.
-        let max = self.limits.max_points_per_request;
-        self.limits
-            .check_batch("upsert", points.len(), max)
-            .map_err(bad)?;
-        let ids = points
-            .iter()
-            .map(|p| {
-                p.id.clone()
-                    .ok_or_else(|| Error::invalid("point without an id"))
-                    .and_then(PointId::try_from)
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(bad)?;
-        validate_ids(&ids).map_err(bad)?;
+        self.check_ids(points)?;
         if let Some(i) = at.iter().find(|i| !points[**i].vector.is_empty()) {
             return Err(Status::invalid_argument(format!(
                 "point {i} has both a vector and a text; send one"
@@ -572,11 +559,9 @@ impl Router {
 
     /// Checks a whole upsert before it is split, exactly as a shard would check its part, so
     /// that a bad point fails the request rather than only its shard's part.
-    fn check_points(
-        &self,
-        route: &CollectionRoute,
-        points: &[v1::Point],
-    ) -> Result<Vec<PointId>, Status> {
+    /// The points' ids, checked: the batch within the limit, every point with a valid id,
+    /// none twice.
+    fn check_ids(&self, points: &[v1::Point]) -> Result<Vec<PointId>, Status> {
         let max = self.limits.max_points_per_request;
         self.limits
             .check_batch("upsert", points.len(), max)
@@ -591,6 +576,15 @@ impl Router {
             .collect::<Result<Vec<_>, _>>()
             .map_err(bad)?;
         validate_ids(&ids).map_err(bad)?;
+        Ok(ids)
+    }
+
+    fn check_points(
+        &self,
+        route: &CollectionRoute,
+        points: &[v1::Point],
+    ) -> Result<Vec<PointId>, Status> {
+        let ids = self.check_ids(points)?;
         // The checks of `CollectionSpec::check_vector` need only these fields.
         let spec = CollectionSpec {
             name: route.name.clone(),

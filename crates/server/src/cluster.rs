@@ -1420,23 +1420,28 @@ impl Cluster {
                 .clone()
                 .resolve(&views, &shoal_proto::json::parse_timestamp)
         };
-        // Only a view or field this node does not know may be news from the meta leader; a
-        // syntax or type error stays what it is, and so does the error if the sync fails.
-        let unknown = |e: &Error| {
-            ["not a feature view", "has no field", "has a field"]
-                .iter()
-                .any(|m| e.message.contains(m))
-        };
-        match resolve(&self.layout()) {
-            Ok(resolved) => Ok(resolved),
-            Err(e) if unknown(&e) => {
-                if self.sync_layout().await.is_err() {
-                    return Err(e);
+        // Only a view or field this node does not know may be news from the meta leader:
+        // then, once caught up, resolve against the fresh layout. Any other error, or a sync
+        // that fails, leaves the answer to the layout at hand.
+        let knows_every_field = |layout: &ClusterState| {
+            filter.fields().into_iter().all(|name| {
+                let mut views = layout
+                    .views
+                    .values()
+                    .filter(|v| v.spec.collection == collection);
+                match name.split_once(':') {
+                    Some((view, field)) => {
+                        views.any(|v| v.spec.name == view && v.spec.field(field).is_some())
+                    }
+                    None => views.any(|v| v.spec.field(name).is_some()),
                 }
-                resolve(&self.layout())
-            }
-            Err(e) => Err(e),
+            })
+        };
+        let layout = self.layout();
+        if !knows_every_field(&layout) && self.sync_layout().await.is_ok() {
+            return resolve(&self.layout());
         }
+        resolve(&layout)
     }
 
     /// Keeps the repair loop off `groups` while the result lives, once the repairs under way

@@ -136,22 +136,29 @@ const CACHED_FILTERS: usize = 16;
 const CACHED_VALUES: usize = 32 << 20;
 
 impl FilterCache {
+    /// The cache key of `filter`: none for `as_of` reads, which are not cached.
+    pub(crate) fn key(filter: &SearchFilter) -> Option<String> {
+        filter
+            .as_of
+            .is_none()
+            .then(|| format!("{:?}", filter.filter))
+    }
+
+    /// The candidates of the filter with `key` (see [`FilterCache::key`]), if still valid at
+    /// `version` and `horizon`.
     pub(crate) fn get(
         &self,
         collection: u32,
-        filter: &SearchFilter,
+        key: &str,
         version: u64,
+        horizon: i64,
     ) -> Option<Arc<Candidates>> {
-        if filter.as_of.is_some() {
-            return None;
-        }
-        let key = format!("{:?}", filter.filter);
         let mut entries = self.entries.lock();
         let at = entries
             .iter()
             .position(|e| e.collection == collection && e.key == key)?;
         let entry = entries.remove(at)?;
-        let fresh = entry.version == version && entry.expiry.is_none_or(|at| filter.horizon < at);
+        let fresh = entry.version == version && entry.expiry.is_none_or(|at| horizon < at);
         if !fresh {
             return None;
         }
@@ -163,16 +170,15 @@ impl FilterCache {
     pub(crate) fn put(
         &self,
         collection: u32,
-        filter: &SearchFilter,
+        key: String,
         version: u64,
         expiry: Option<i64>,
         candidates: Arc<Candidates>,
     ) {
-        if filter.as_of.is_some() || candidates.size() > CACHED_VALUES {
+        if candidates.size() > CACHED_VALUES {
             return;
         }
         let mut entries = self.entries.lock();
-        let key = format!("{:?}", filter.filter);
         entries.retain(|e| !(e.collection == collection && e.key == key));
         entries.push_front(CacheEntry {
             collection,

@@ -697,13 +697,19 @@ impl Shard {
         filter: &SearchFilter,
     ) -> Result<Vec<Vec<Hit>>> {
         let version = coll.version.load(Ordering::Acquire);
-        let candidates = match self.filter_cache.get(coll.id, filter, version) {
+        let key = FilterCache::key(filter);
+        let cached = key
+            .as_deref()
+            .and_then(|key| self.filter_cache.get(coll.id, key, version, filter.horizon));
+        let candidates = match cached {
             Some(cached) => cached,
             None => {
                 let (candidates, expiry) = self.filter_candidates(coll, filter)?;
                 let candidates = Arc::new(candidates);
-                self.filter_cache
-                    .put(coll.id, filter, version, expiry, Arc::clone(&candidates));
+                if let Some(key) = key {
+                    self.filter_cache
+                        .put(coll.id, key, version, expiry, Arc::clone(&candidates));
+                }
                 candidates
             }
         };

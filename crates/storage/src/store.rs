@@ -361,12 +361,12 @@ impl Store {
             view.to_be_bytes(),
             view.checked_add(1).map(u64::to_be_bytes),
         );
-        // The visible version of the entity being read: its id bytes, event time, value.
-        let mut current: Option<(Vec<u8>, i64, Vec<u8>)> = None;
-        let mut emit = |row: Option<(Vec<u8>, i64, Vec<u8>)>| -> Result<()> {
+        // The visible version of the entity being read (`entity`): its event time and value.
+        let mut current: Option<(i64, Vec<u8>)> = None;
+        let mut emit = |id: &[u8], row: Option<(i64, Vec<u8>)>| -> Result<()> {
             match row {
-                Some((id, event, value)) => visit(
-                    PointId::from_key_bytes(&id)?,
+                Some((event, value)) => visit(
+                    PointId::from_key_bytes(id)?,
                     event,
                     decode("feature row", &value)?,
                 ),
@@ -394,17 +394,17 @@ impl Store {
                         .ok_or_else(corrupt)?,
                 );
                 if id != entity.as_slice() {
-                    emit(current.take())?;
+                    emit(&entity, current.take())?;
                     entity = id.to_vec();
                 }
                 let event = i64_from_ordered(&times[..8])?;
                 if event <= as_of {
-                    current = Some((entity.clone(), event, value.to_vec()));
+                    current = Some((event, value.to_vec()));
                 }
                 Ok(())
             },
         )?;
-        emit(current.take())
+        emit(&entity, current.take())
     }
 
     /// The ids of the feature views that have rows, ascending: one seek per view.

@@ -110,6 +110,17 @@ impl Filter {
         }
     }
 
+    /// The field references the filter names ("view:field" or a bare "field"), in order.
+    pub fn fields(&self) -> Vec<&str> {
+        match self {
+            Filter::And(parts) | Filter::Or(parts) => {
+                parts.iter().flat_map(Filter::fields).collect()
+            }
+            Filter::Not(inner) => inner.fields(),
+            Filter::Cmp { field, .. } | Filter::In { field, .. } => vec![field.as_str()],
+        }
+    }
+
     /// Checks every field against `views` (the collection's views with their ids) and
     /// converts literals to the fields' types. `parse_timestamp` reads timestamp strings.
     pub fn resolve(
@@ -702,6 +713,12 @@ mod tests {
                 err.message
             );
         }
+        assert_eq!(
+            Filter::parse("a:x = 1 or not (y in [1] and a:x < 2)")
+                .unwrap()
+                .fields(),
+            vec!["a:x", "y", "a:x"]
+        );
         let deep = format!("{}a:x = 1{}", "(".repeat(40), ")".repeat(40));
         assert!(Filter::parse(&deep)
             .unwrap_err()

@@ -41,17 +41,7 @@ fn row(id: u64, event: i64, created: i64, trips: i64) -> v1::FeatureRow {
 /// Creates collection `drivers` (dimension 2, L2, 2 shards) and feature view `driver_stats`
 /// (conv_rate: double, trips: int64) with `extra` flags.
 fn drivers_with_stats(node: &shoal_tests::Node, extra: &[&str]) {
-    node.shoalctl_ok(&[
-        "collection",
-        "create",
-        "drivers",
-        "--dim",
-        "2",
-        "--metric",
-        "l2",
-        "--shards",
-        "2",
-    ]);
+    node.create_collection("drivers", 2, "l2", "Flat", &["--shards", "2"]);
     let mut view = vec![
         "features",
         "view",
@@ -114,19 +104,13 @@ fn trips(response: &v1::GetOnlineFeaturesResponse) -> Vec<(Option<i64>, &'static
 async fn pushes_in_any_order_read_back_newest_with_ttl_and_as_of_on_every_replica() {
     let mut cluster = Cluster::start(3);
     let node1 = cluster.node(1);
-    node1.shoalctl_ok(&[
-        "collection",
-        "create",
+    node1.create_collection(
         "drivers",
-        "--dim",
-        "4",
-        "--metric",
+        4,
         "l2",
-        "--shards",
-        "2",
-        "--replicas",
-        "3",
-    ]);
+        "Flat",
+        &["--shards", "2", "--replicas", "3"],
+    );
     node1.shoalctl_ok(&[
         "features",
         "view",
@@ -245,17 +229,7 @@ async fn pushes_in_any_order_read_back_newest_with_ttl_and_as_of_on_every_replic
 async fn bad_feature_input_gets_clear_errors_and_changes_nothing() {
     let cluster = Cluster::start(1);
     let node = cluster.node(1);
-    node.shoalctl_ok(&[
-        "collection",
-        "create",
-        "drivers",
-        "--dim",
-        "4",
-        "--metric",
-        "l2",
-        "--shards",
-        "2",
-    ]);
+    node.create_collection("drivers", 4, "l2", "Flat", &["--shards", "2"]);
     let create = |args: &[&str]| {
         let mut full = vec!["features", "view", "create"];
         full.extend_from_slice(args);
@@ -407,19 +381,13 @@ async fn bad_feature_input_gets_clear_errors_and_changes_nothing() {
 async fn search_hits_carry_their_features() {
     let cluster = Cluster::start(2);
     let node = cluster.node(1);
-    node.shoalctl_ok(&[
-        "collection",
-        "create",
+    node.create_collection(
         "drivers",
-        "--dim",
-        "2",
-        "--metric",
+        2,
         "l2",
-        "--shards",
-        "3",
-        "--replicas",
-        "1",
-    ]);
+        "Flat",
+        &["--shards", "3", "--replicas", "1"],
+    );
     node.shoalctl_ok(&[
         "features",
         "view",
@@ -491,15 +459,7 @@ async fn search_hits_carry_their_features() {
     }
 
     // A view of another collection is refused.
-    node.shoalctl_ok(&[
-        "collection",
-        "create",
-        "other",
-        "--dim",
-        "2",
-        "--metric",
-        "l2",
-    ]);
+    node.create_collection("other", 2, "l2", "Flat", &[]);
     let refused = points
         .search(v1::SearchRequest {
             collection: "other".into(),

@@ -473,17 +473,7 @@ async fn filters_combine_fields_with_sql_logic_ttl_and_as_of() {
     let started = Instant::now();
     let cluster = Cluster::start(1);
     let node = cluster.node(1);
-    node.shoalctl_ok(&[
-        "collection",
-        "create",
-        "shop",
-        "--dim",
-        "4",
-        "--metric",
-        "l2",
-        "--shards",
-        "2",
-    ]);
+    node.create_collection("shop", 4, "l2", "Flat", &["--shards", "2"]);
     node.shoalctl_ok(&[
         "features",
         "view",
@@ -691,26 +681,8 @@ async fn bad_filters_get_invalid_argument_and_change_nothing() {
     let started = Instant::now();
     let cluster = Cluster::start(1);
     let node = cluster.node(1);
-    node.shoalctl_ok(&[
-        "collection",
-        "create",
-        "docs",
-        "--dim",
-        "4",
-        "--metric",
-        "l2",
-        "--shards",
-        "2",
-    ]);
-    node.shoalctl_ok(&[
-        "collection",
-        "create",
-        "other",
-        "--dim",
-        "4",
-        "--metric",
-        "l2",
-    ]);
+    node.create_collection("docs", 4, "l2", "Flat", &["--shards", "2"]);
+    node.create_collection("other", 4, "l2", "Flat", &[]);
     node.shoalctl_ok(&[
         "features",
         "view",
@@ -857,17 +829,7 @@ async fn filtered_results_follow_every_write_and_expiry_at_once() {
     let started = Instant::now();
     let cluster = Cluster::start(1);
     let node: &Node = cluster.node(1);
-    node.shoalctl_ok(&[
-        "collection",
-        "create",
-        "items",
-        "--dim",
-        "4",
-        "--metric",
-        "l2",
-        "--shards",
-        "2",
-    ]);
+    node.create_collection("items", 4, "l2", "Flat", &["--shards", "2"]);
     node.shoalctl_ok(&[
         "features",
         "view",

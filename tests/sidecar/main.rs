@@ -389,21 +389,20 @@ async fn text_upserts_and_searches_go_through_the_vectorizer() {
     let sidecar = Sidecar::start(&[]);
     let (grpc, http) = (sidecar.grpc, sidecar.http);
     let node = shoal_tests::Node::start();
-    node.shoalctl_ok(&[
-        "collection",
-        "create",
+    node.create_collection(
         "docs",
-        "--dim",
-        "384",
-        "--metric",
+        384,
         "cosine",
-        "--shards",
-        "2",
-        "--vectorizer-endpoint",
-        &grpc.to_string(),
-        "--vectorizer-model",
-        MINILM,
-    ]);
+        "Flat",
+        &[
+            "--shards",
+            "2",
+            "--vectorizer-endpoint",
+            &grpc.to_string(),
+            "--vectorizer-model",
+            MINILM,
+        ],
+    );
     let dir = tempfile::tempdir().unwrap();
     let docs = [
         (1, "A man is eating a piece of bread."),
@@ -448,15 +447,7 @@ async fn text_upserts_and_searches_go_through_the_vectorizer() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    node.shoalctl_ok(&[
-        "collection",
-        "create",
-        "plain",
-        "--dim",
-        "384",
-        "--metric",
-        "cosine",
-    ]);
+    node.create_collection("plain", 384, "cosine", "Flat", &[]);
     let status = points
         .upsert(v1::UpsertRequest {
             collection: "plain".into(),
@@ -537,19 +528,18 @@ async fn a_slow_vectorizer_fails_the_request_by_its_deadline_and_writes_nothing(
     let sidecar = Sidecar::start(&["--max-queue-delay-ms", "5000", "--max-batch-size", "64"]);
     let node =
         shoal_tests::Node::start_with_env(&[], &[("SHOAL__CLUSTER__FORWARD_TIMEOUT_MS", "1500")]);
-    node.shoalctl_ok(&[
-        "collection",
-        "create",
+    node.create_collection(
         "docs",
-        "--dim",
-        "384",
-        "--metric",
+        384,
         "cosine",
-        "--vectorizer-endpoint",
-        &sidecar.grpc.to_string(),
-        "--vectorizer-model",
-        MINILM,
-    ]);
+        "Flat",
+        &[
+            "--vectorizer-endpoint",
+            &sidecar.grpc.to_string(),
+            "--vectorizer-model",
+            MINILM,
+        ],
+    );
     let mut points = node.points().await;
     let started = std::time::Instant::now();
     let status = points

@@ -181,15 +181,22 @@ for version in "${KUBE_VERSIONS[@]}"; do
   done
 done
 
-for replicas in "${EVEN_REPLICAS[@]}"; do
-  label="replicas=$replicas (even) is refused"
-  if "$HELM" template shoal "$CHART" --set "replicaCount=$replicas" >"$work/even.yaml" 2>"$work/even.txt"; then
-    echo "helm template succeeded with replicaCount=$replicas" >"$work/even.txt"
-    fail "$label" "$work/even.txt"
+# refused LABEL SET...: `helm template` with these --set values must fail.
+refused() {
+  local label=$1 sets=()
+  shift
+  for value in "$@"; do sets+=(--set "$value"); done
+  if "$HELM" template shoal "$CHART" "${sets[@]}" >"$work/refused.yaml" 2>"$work/refused.txt"; then
+    echo "helm template succeeded with $*" >"$work/refused.txt"
+    fail "$label" "$work/refused.txt"
   else
-    pass "$label: $(grep -m1 . "$work/even.txt" || echo "helm template failed")"
+    pass "$label: $(grep -m1 . "$work/refused.txt" || echo "helm template failed")"
   fi
+}
+for replicas in "${EVEN_REPLICAS[@]}"; do
+  refused "replicas=$replicas (even) is refused" "replicaCount=$replicas"
 done
+refused "emptyDir volumes for 3 nodes are refused" replicaCount=3 persistence.enabled=false
 
 if [[ -x "$CHECKOV" ]]; then
   skips=()

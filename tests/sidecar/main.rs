@@ -212,6 +212,9 @@ fn the_rest_api_serves_health_metadata_infer_and_metrics() {
             && metrics.contains("shoal_sidecar_batch_texts"),
         "{metrics}"
     );
+    // Requests for models that do not exist share one series, whatever name they give.
+    assert!(metrics.contains("model=\"_unknown\""), "{metrics}");
+    assert!(!metrics.contains("model=\"nope\""), "{metrics}");
 }
 
 fn infer_request(texts: &[&str]) -> ModelInferRequest {

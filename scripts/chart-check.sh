@@ -17,22 +17,40 @@
 #      Each rendering must also hold a StatefulSet with spec.replicas = replicaCount, with
 #      volumeClaimTemplates exactly when persistence.enabled (and no PersistentVolumeClaim
 #      when it is off), and a ServiceMonitor when metrics are on and the operator's API is
-#      offered, none when metrics are off.
-#   3. Checks that an even replicaCount (2, 4) makes `helm template` fail: the chart refuses an
-#      even number of Raft voters.
-#   5. (below 4) Checks that deploy/kubernetes/shoal.yaml, the plain manifests, is what
-#      scripts/render-manifests.sh renders from the chart now.
-#   4. When checkov is installed (.venv-k8s, `make k8s-venv`), scans one rendering with the
-#      default values (namespace "shoal": the release namespace is the installer's choice) with
-#      checkov's Kubernetes checks. Accepted findings are skipped through
-#      helm/checkov-skips.txt: one check id per line (e.g. CKV_K8S_43), with the reason for
-#      accepting it in a `#` comment on that line or above it; blank lines are ignored.
+#      offered, none when metrics are off. These renderings have API keys off: no Secret, no
+#      secret volume, no [security] in any config.
+#   3. Renders 3 nodes with the router, for each Kubernetes version above and each auth setting
+#        off | auth.apiKeys (the chart's Secret) | auth.existingSecret with secretKey keys.txt
+#      validated as in 2. For every workload (StatefulSet, router Deployment) the file named by
+#      the main container's --config must be in a ConfigMap it mounts, parse as TOML and, with
+#      auth on, hold security.api_keys_file = /etc/shoal-auth/SECRETKEY; that container must
+#      mount the Secret there read-only, as a directory (a subPath mount would not see a
+#      rotation), with mode 0440 (the pod's fsGroup reads it), and the sidecar must not. The
+#      chart's Secret holds the keys one per line; with existingSecret no Secret renders.
+#   4. Checks that `helm template` refuses, with the expected message: an even replicaCount
+#      (2, 4: the chart refuses an even number of Raft voters), emptyDir volumes for 3 nodes,
+#      and API keys on with no keys, with both existingSecret and apiKeys, with a key shorter
+#      than 16 characters (by the schema, and by the templates when the schema is skipped),
+#      with whitespace in a key, and with a key starting with '#' (a comment in the keys file).
+#   5. When checkov is installed (.venv-k8s, `make k8s-venv`), scans two renderings, the
+#      default values and one with API keys (chart's Secret) and the router on (namespace
+#      "shoal": the release namespace is the installer's choice), with checkov's Kubernetes
+#      checks. Accepted findings are skipped through helm/checkov-skips.txt: one check id per
+#      line (e.g. CKV_K8S_43), with the reason for accepting it in a `#` comment on that line
+#      or above it; blank lines are ignored.
+#   6. Checks that deploy/kubernetes/shoal.yaml, the plain manifests, is what
+#      scripts/render-manifests.sh renders from the chart now (API keys on, from the Secret
+#      shoal-api-keys that the user creates), that it passes the checks of 3 on Kubernetes
+#      1.31.0, and that deploy/kubernetes/namespace.yaml is valid.
+#   7. When kubectl is installed, checks that `kubectl kustomize deploy/kubernetes` builds
+#      (offline) and that its output is valid on Kubernetes 1.31.0.
 #
 # Prints one line per check and a closing "N passed, N failed" line; exits non-zero when any
 # check failed. Environment: HELM (default .tools/bin/helm, `make helm`), VALIDATE (default
 # .venv-k8s/bin/kubernetes-validate), PYTHON (a Python with PyYAML; default the one beside
-# VALIDATE), CHECKOV (default .venv-k8s/bin/checkov), CHART (default helm/shoal) and
-# CHECKOV_SKIPS (default helm/checkov-skips.txt), each relative to the top of the checkout.
+# VALIDATE), CHECKOV (default .venv-k8s/bin/checkov), CHART (default helm/shoal),
+# CHECKOV_SKIPS (default helm/checkov-skips.txt), each relative to the top of the checkout, and
+# KUBECTL (default: kubectl on the PATH).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -43,12 +61,16 @@ PYTHON=${PYTHON:-$(dirname "$VALIDATE")/python}
 CHECKOV=${CHECKOV:-.venv-k8s/bin/checkov}
 CHART=${CHART:-helm/shoal}
 CHECKOV_SKIPS=${CHECKOV_SKIPS:-helm/checkov-skips.txt}
+KUBECTL=${KUBECTL:-$(command -v kubectl || true)}
 
 readonly REPLICAS=(1 3 5)
 readonly EVEN_REPLICAS=(2 4)
 readonly BOOLS=(true false)
 readonly KUBE_VERSIONS=(1.28.0 1.31.0 1.33.0)
 readonly MONITORING_API=monitoring.coreos.com/v1
+readonly AUTH_MODES=(off chart existing)
+# Test keys for the chart's Secret (never used outside this check).
+readonly TEST_KEYS=(check-key-0123456789abcdef check-key-fedcba9876543210)
 
 missing=0
 if [[ ! -x "$HELM" ]]; then
@@ -88,13 +110,25 @@ fail() {
 }
 
 # Checks the rendering in $1 (see the header): check_rendering FILE REPLICAS PERSISTENCE
-# SERVICEMONITOR, where SERVICEMONITOR is "yes", "no" or "any". Prints what is wrong.
+# SERVICEMONITOR AUTH [SECRET SECRETKEY [KEY...]], where SERVICEMONITOR is "yes", "no" or "any",
+# AUTH is "off", "chart" (the chart makes Secret SECRET holding the KEYs under SECRETKEY) or
+# "existing" (the user's Secret SECRET). Prints what is wrong.
 check_rendering() {
   "$PYTHON" - "$@" <<'PY'
+import base64
+import posixpath
+import re
 import sys
 import yaml
 
-path, replicas, persistence, monitor = sys.argv[1:]
+try:
+    import tomllib
+except ImportError:  # Python < 3.11: the section is still checked, as text.
+    tomllib = None
+
+path, replicas, persistence, monitor, auth = sys.argv[1:6]
+secret_name, secret_key = (sys.argv[6:8] + ["", ""])[:2]
+keys = sys.argv[8:]
 with open(path) as f:
     docs = [d for d in yaml.safe_load_all(f) if d]
 kinds = [d.get("kind") for d in docs]
@@ -113,6 +147,88 @@ if monitor == "yes" and "ServiceMonitor" not in kinds:
     errors.append("metrics on and monitoring.coreos.com/v1 offered, but no ServiceMonitor")
 if monitor == "no" and "ServiceMonitor" in kinds:
     errors.append("metrics off, but a ServiceMonitor is rendered")
+
+# API keys. The chart's Secret exactly when it makes one.
+secrets = [d for d in docs if d.get("kind") == "Secret"]
+if auth == "chart":
+    mine = [d for d in secrets if d["metadata"]["name"] == secret_name]
+    if len(secrets) != 1 or not mine:
+        errors.append(f"auth.apiKeys given: want exactly Secret {secret_name}, got {[d['metadata']['name'] for d in secrets]}")
+    else:
+        data = mine[0].get("data") or {}
+        if mine[0].get("type") != "Opaque":
+            errors.append(f"Secret {secret_name} is of type {mine[0].get('type')}, not Opaque")
+        if secret_key not in data:
+            errors.append(f"Secret {secret_name} has no key {secret_key} (has {sorted(data)})")
+        elif base64.b64decode(data[secret_key]).decode().splitlines() != keys:
+            errors.append(f"Secret {secret_name}'s {secret_key} does not hold the keys one per line")
+elif secrets:
+    errors.append(f"auth={auth}, but the chart renders Secret(s) {[d['metadata']['name'] for d in secrets]}")
+
+config_maps = {d["metadata"]["name"]: d.get("data") or {} for d in docs if d.get("kind") == "ConfigMap"}
+workloads = [d for d in docs if d.get("kind") in ("StatefulSet", "Deployment")]
+for w in workloads:
+    name = f"{w['kind']} {w['metadata']['name']}"
+    pod = w["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    main, *others = pod["containers"]
+    config = [a.split("=", 1)[1] for a in main.get("args") or [] if a.startswith("--config=")]
+    if len(config) != 1:
+        errors.append(f"{name}: container {main['name']} has no single --config=FILE")
+        continue
+    directory, file = posixpath.split(config[0])
+    mount = [m for m in main.get("volumeMounts") or [] if m["mountPath"] == directory]
+    volume = volumes.get(mount[0]["name"], {}) if mount else {}
+    text = config_maps.get((volume.get("configMap") or {}).get("name"), {}).get(file)
+    if text is None:
+        errors.append(f"{name}: {config[0]} is not a file of a ConfigMap mounted at {directory}")
+        continue
+    if tomllib:
+        try:
+            security = tomllib.loads(text).get("security")
+        except tomllib.TOMLDecodeError as e:
+            errors.append(f"{name}: {config[0]} is not TOML: {e}")
+            continue
+        keys_file = (security or {}).get("api_keys_file")
+    else:
+        security = re.search(r"^\[security\]$", text, re.M)
+        found = re.search(r'^api_keys_file = "([^"]*)"$', text, re.M)
+        keys_file = found and found.group(1)
+    secret_volumes = [v for v in volumes.values() if "secret" in v]
+    auth_mounts = [m for c in pod["containers"] for m in c.get("volumeMounts") or []
+                   if m["name"] in {v["name"] for v in secret_volumes}]
+    if auth == "off":
+        if security:
+            errors.append(f"{name}: auth off, but {config[0]} has a [security] section")
+        if secret_volumes or auth_mounts:
+            errors.append(f"{name}: auth off, but the pod mounts a Secret")
+        continue
+    wanted = f"/etc/shoal-auth/{secret_key}"
+    if keys_file != wanted:
+        errors.append(f"{name}: {config[0]} has security.api_keys_file = {keys_file!r}, not {wanted!r}")
+    keys_volume = [v for v in secret_volumes if v["secret"].get("secretName") == secret_name]
+    if not keys_volume:
+        errors.append(f"{name}: no volume of Secret {secret_name}")
+        continue
+    keys_volume = keys_volume[0]
+    mode = keys_volume["secret"].get("defaultMode")
+    if mode != 0o440:
+        errors.append(f"{name}: Secret volume mode {oct(mode) if isinstance(mode, int) else mode!r}, want 0o440")
+    items = keys_volume["secret"].get("items")
+    if items is not None and {"key": secret_key, "path": secret_key} not in items:
+        errors.append(f"{name}: the Secret volume does not project {secret_key} as {secret_key}")
+    mounted = [m for m in main.get("volumeMounts") or [] if m["name"] == keys_volume["name"]]
+    if len(mounted) != 1 or mounted[0]["mountPath"] != "/etc/shoal-auth":
+        errors.append(f"{name}: container {main['name']} does not mount Secret {secret_name} at /etc/shoal-auth")
+    elif "subPath" in mounted[0] or "subPathExpr" in mounted[0]:
+        errors.append(f"{name}: the keys are a subPath mount, which never sees a rotation")
+    elif mounted[0].get("readOnly") is not True:
+        errors.append(f"{name}: the keys mount is not readOnly")
+    for c in others:
+        if any(m["name"] == keys_volume["name"] for m in c.get("volumeMounts") or []):
+            errors.append(f"{name}: container {c['name']} mounts the API keys too")
+if auth != "off" and not workloads:
+    errors.append("no workload in the rendering")
 for e in errors:
     print(e)
 sys.exit(1 if errors else 0)
@@ -170,7 +286,7 @@ for version in "${KUBE_VERSIONS[@]}"; do
             fail "$label: helm template failed" "$details"
           elif ! validate "$rendering" "$version" >"$details" 2>&1; then
             fail "$label: kubernetes-validate" "$details"
-          elif ! check_rendering "$rendering" "$replicas" "$persistence" "$monitor" >"$details" 2>&1; then
+          elif ! check_rendering "$rendering" "$replicas" "$persistence" "$monitor" off >"$details" 2>&1; then
             fail "$label: rendering" "$details"
           else
             pass "$label"
@@ -181,22 +297,71 @@ for version in "${KUBE_VERSIONS[@]}"; do
   done
 done
 
-# refused LABEL SET...: `helm template` with these --set values must fail.
+# 3. Nodes and routers with API keys off, from the chart's Secret, and from the user's.
+for version in "${KUBE_VERSIONS[@]}"; do
+  for auth in "${AUTH_MODES[@]}"; do
+    label=$(printf 'k8s %-6s replicas=3 router=true auth=%s' "$version" "$auth")
+    args=(template shoal "$CHART" --kube-version "$version" --set replicaCount=3
+      --set router.enabled=true)
+    expected=(off)
+    case $auth in
+      chart)
+        args+=(--set auth.enabled=true --set "auth.apiKeys={$(IFS=,; echo "${TEST_KEYS[*]}")}")
+        expected=(chart shoal-api-keys api-keys "${TEST_KEYS[@]}")
+        ;;
+      existing)
+        args+=(--set auth.enabled=true --set auth.existingSecret=my-keys
+          --set auth.secretKey=keys.txt)
+        expected=(existing my-keys keys.txt)
+        ;;
+    esac
+    rendering=$work/rendering.yaml
+    details=$work/details.txt
+    if ! "$HELM" "${args[@]}" >"$rendering" 2>"$details"; then
+      fail "$label: helm template failed" "$details"
+    elif ! validate "$rendering" "$version" >"$details" 2>&1; then
+      fail "$label: kubernetes-validate" "$details"
+    elif ! check_rendering "$rendering" 3 true no "${expected[@]}" >"$details" 2>&1; then
+      fail "$label: rendering" "$details"
+    else
+      pass "$label"
+    fi
+  done
+done
+
+# 4. refused LABEL PATTERN ARG...: `helm template` with these arguments must fail with a message
+# that matches the extended regular expression PATTERN.
 refused() {
-  local label=$1 sets=()
-  shift
-  for value in "$@"; do sets+=(--set "$value"); done
-  if "$HELM" template shoal "$CHART" "${sets[@]}" >"$work/refused.yaml" 2>"$work/refused.txt"; then
+  local label=$1 pattern=$2
+  shift 2
+  if "$HELM" template shoal "$CHART" "$@" >"$work/refused.yaml" 2>"$work/refused.txt"; then
     echo "helm template succeeded with $*" >"$work/refused.txt"
     fail "$label" "$work/refused.txt"
+  elif ! grep -qE -- "$pattern" "$work/refused.txt"; then
+    echo "expected a message matching: $pattern" >>"$work/refused.txt"
+    fail "$label: refused for another reason" "$work/refused.txt"
   else
-    pass "$label: $(grep -m1 . "$work/refused.txt" || echo "helm template failed")"
+    pass "$label: $(grep -m1 -E -- "$pattern" "$work/refused.txt")"
   fi
 }
 for replicas in "${EVEN_REPLICAS[@]}"; do
-  refused "replicas=$replicas (even) is refused" "replicaCount=$replicas"
+  refused "replicas=$replicas (even) is refused" "replicaCount must be odd" \
+    --set "replicaCount=$replicas"
 done
-refused "emptyDir volumes for 3 nodes are refused" replicaCount=3 persistence.enabled=false
+refused "emptyDir volumes for 3 nodes are refused" "persistence.enabled=false with more" \
+  --set replicaCount=3 --set persistence.enabled=false
+refused "API keys on without keys are refused" "auth.enabled=true needs the keys" \
+  --set auth.enabled=true
+refused "both auth.existingSecret and auth.apiKeys are refused" "are both set" \
+  --set auth.enabled=true --set auth.existingSecret=my-keys --set "auth.apiKeys={${TEST_KEYS[0]}}"
+refused "a 15-character API key is refused by the schema" "auth.apiKeys.0: String length" \
+  --set auth.enabled=true --set "auth.apiKeys={0123456789abcde}"
+refused "a 15-character API key is refused by the templates" "auth.apiKeys\[0\] is 15 characters" \
+  --skip-schema-validation --set auth.enabled=true --set "auth.apiKeys={0123456789abcde}"
+refused "an API key with whitespace is refused" "auth.apiKeys\[1\] contains whitespace" \
+  --set auth.enabled=true --set "auth.apiKeys={${TEST_KEYS[0]},0123456789 abcdef}"
+refused "an API key starting with '#' is refused" "auth.apiKeys\[0\] starts with '#'" \
+  --set auth.enabled=true --set "auth.apiKeys={#${TEST_KEYS[0]}}"
 
 if [[ -x "$CHECKOV" ]]; then
   skips=()
@@ -205,13 +370,15 @@ if [[ -x "$CHECKOV" ]]; then
     mapfile -t skips < <(sed -e 's/#.*//' "$CHECKOV_SKIPS" | awk 'NF {print $1}')
   fi
   skip_list=$(IFS=,; echo "${skips[*]}")
-  label="checkov (default values${skip_list:+, skipping $skip_list})"
+  label="checkov (default values; API keys and router on${skip_list:+; skipping $skip_list})"
   checkov_args=(--framework kubernetes --quiet --compact --skip-download
-    -f "$work/default.yaml")
+    -f "$work/default.yaml" -f "$work/auth.yaml")
   if [[ -n "$skip_list" ]]; then
     checkov_args+=(--skip-check "$skip_list")
   fi
-  if ! "$HELM" template shoal "$CHART" --namespace shoal >"$work/default.yaml" 2>"$work/checkov.txt"; then
+  if ! "$HELM" template shoal "$CHART" --namespace shoal >"$work/default.yaml" 2>"$work/checkov.txt" ||
+    ! "$HELM" template shoal "$CHART" --namespace shoal --set router.enabled=true \
+      --set auth.enabled=true --set "auth.apiKeys={${TEST_KEYS[0]}}" >"$work/auth.yaml" 2>"$work/checkov.txt"; then
     fail "$label: helm template failed" "$work/checkov.txt"
   elif "$CHECKOV" "${checkov_args[@]}" >"$work/checkov.txt" 2>&1; then
     pass "$label: $(grep -m1 'Passed checks' "$work/checkov.txt" || echo passed)"
@@ -222,8 +389,8 @@ else
   echo "skip  checkov: not installed at $CHECKOV (make k8s-venv)"
 fi
 
-# 5. The plain manifests (deploy/kubernetes) are the chart's default rendering.
-label="deploy/kubernetes/shoal.yaml is the chart's default rendering"
+# 6. The plain manifests (deploy/kubernetes) are what scripts/render-manifests.sh renders.
+label="deploy/kubernetes/shoal.yaml is scripts/render-manifests.sh's rendering"
 if ! HELM="$HELM" bash scripts/render-manifests.sh "$work/plain.yaml" 2>"$work/plain.txt"; then
   fail "$label: rendering failed" "$work/plain.txt"
 elif diff -u deploy/kubernetes/shoal.yaml "$work/plain.yaml" >"$work/plain.txt"; then
@@ -232,10 +399,33 @@ else
   echo "run scripts/render-manifests.sh after changing the chart" >>"$work/plain.txt"
   fail "$label" "$work/plain.txt"
 fi
+label="deploy/kubernetes/shoal.yaml is valid and reads its API keys from Secret shoal-api-keys"
+if ! validate deploy/kubernetes/shoal.yaml 1.31.0 >"$work/plain.txt" 2>&1; then
+  fail "$label: kubernetes-validate" "$work/plain.txt"
+elif ! check_rendering deploy/kubernetes/shoal.yaml 3 true no existing shoal-api-keys api-keys \
+  >"$work/plain.txt" 2>&1; then
+  fail "$label" "$work/plain.txt"
+else
+  pass "$label"
+fi
 if "$VALIDATE" --strict --quiet -k 1.31.0 - <deploy/kubernetes/namespace.yaml >"$work/ns.txt" 2>&1; then
   pass "deploy/kubernetes/namespace.yaml is valid"
 else
   fail "deploy/kubernetes/namespace.yaml is valid" "$work/ns.txt"
+fi
+
+# 7. The kustomization builds offline.
+if [[ -n "$KUBECTL" && -x "$KUBECTL" ]]; then
+  label="kubectl kustomize deploy/kubernetes builds a valid rendering"
+  if ! "$KUBECTL" kustomize deploy/kubernetes >"$work/kustomized.yaml" 2>"$work/kustomize.txt"; then
+    fail "$label" "$work/kustomize.txt"
+  elif ! validate "$work/kustomized.yaml" 1.31.0 >"$work/kustomize.txt" 2>&1; then
+    fail "$label: kubernetes-validate" "$work/kustomize.txt"
+  else
+    pass "$label"
+  fi
+else
+  echo "skip  kubectl kustomize: no kubectl (set KUBECTL)"
 fi
 
 echo "chart-check: $passed passed, $failed failed"

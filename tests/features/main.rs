@@ -497,25 +497,11 @@ async fn search_hits_carry_their_features() {
 /// POSTs `body` to `path` on `addr` without a content type (as Feast's SDK may), and returns
 /// the status code and the body parsed as JSON (`Null` when empty).
 fn http_post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, serde_json::Value) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, payload) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (status, payload) = shoal_tests::http_post(addr, path, &[], body);
     let json = if payload.trim().is_empty() {
         serde_json::Value::Null
     } else {
-        serde_json::from_str(payload).unwrap_or_else(|e| panic!("{e}: {payload}"))
+        serde_json::from_str(&payload).unwrap_or_else(|e| panic!("{e}: {payload}"))
     };
     (status, json)
 }

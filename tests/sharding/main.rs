@@ -947,14 +947,15 @@ async fn a_replica_moved_back_to_its_founding_node_keeps_every_point() {
     assert_eq!(moving["to"], json!(founder), "{moving}");
     let deadline = Deadline::new(format!("shard 0 to move back to node {founder}"), SETTLE);
     let mut short_reads = Vec::new();
+    let mut uncertain = Data::new();
     let mut next = 10_000;
     loop {
         let point = dataset(next..next + 1);
         next += 1;
-        if let Ok(reply) = upsert(cluster.node(founder), "back", &point).await {
-            if reply.failed_shards.is_empty() {
-                data.extend(point);
-            }
+        match upsert(cluster.node(founder), "back", &point).await {
+            Ok(reply) if reply.failed_shards.is_empty() => data.extend(point),
+            // May or may not have taken effect (its entry can still commit): retried below.
+            _ => uncertain.extend(point),
         }
         for via in [founder, other] {
             if let Ok(n) = count(cluster.node(via), "back", v1::Consistency::Strong).await {
@@ -992,6 +993,10 @@ async fn a_replica_moved_back_to_its_founding_node_keeps_every_point() {
         "strong counts below the 300 points written before the move, through (node, count): \
          {short_reads:?}; node {founder} started group {group} anew: {restarted:#?}"
     );
+    // Writes answered with an error are retried, as a client would (upserts are idempotent),
+    // so every point written is acknowledged once.
+    upsert_retrying(cluster.node(other), "back", &uncertain).await;
+    data.extend(uncertain);
     assert_eq!(
         counted(cluster.node(other), "back", v1::Consistency::Strong).await,
         data.len() as u64

@@ -14,8 +14,8 @@ use shoal_proto::inference::grpc_inference_service_client::GrpcInferenceServiceC
 use shoal_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use shoal_proto::inference::{InferTensorContents, ModelInferRequest};
 use shoal_proto::v1;
-use shoal_tests::http_get;
-use shoal_tests::sidecar::{http_post, model_repository, python, Sidecar, MINILM};
+use shoal_tests::sidecar::{model_repository, python, Sidecar, MINILM};
+use shoal_tests::{http_get, http_post, JSON};
 use tonic::Code;
 
 const SENTENCES: [&str; 6] = [
@@ -161,6 +161,7 @@ fn the_rest_api_serves_health_metadata_infer_and_metrics() {
     let (status, body) = http_post(
         sidecar.http,
         &format!("/v2/models/{MINILM}/infer"),
+        &[JSON],
         &request.to_string(),
     );
     assert_eq!(status, 200, "{body}");
@@ -198,11 +199,16 @@ fn the_rest_api_serves_health_metadata_infer_and_metrics() {
         ),
     ] {
         let (status, answer) =
-            http_post(sidecar.http, &format!("/v2/models/{MINILM}/infer"), &body);
+            http_post(sidecar.http, &format!("/v2/models/{MINILM}/infer"), &[JSON], &body);
         assert_eq!(status, code, "{body}: {answer}");
         assert!(answer.contains(wanted), "{body}: {answer}");
     }
-    let (status, _) = http_post(sidecar.http, "/v2/models/nope/infer", &request.to_string());
+    let (status, _) = http_post(
+        sidecar.http,
+        "/v2/models/nope/infer",
+        &[JSON],
+        &request.to_string(),
+    );
     assert_eq!(status, 404);
 
     let (status, metrics) = get("/metrics");
@@ -359,6 +365,7 @@ fn sigterm_finishes_the_requests_under_way_and_exits_cleanly() {
         http_post(
             http,
             &format!("/v2/models/{MINILM}/infer"),
+            &[JSON],
             &body.to_string(),
         )
     });

@@ -6,7 +6,9 @@
 //! through an /etc/hosts bind-mounted into each pod's own mount namespace (root only). While
 //! a client writes and searches: 3 pods bootstrap, scale to 5, drain and scale back to 3, then
 //! restart one by one from the highest ordinal; no acknowledged write is lost, and the probes
-//! say what they should at each step.
+//! say what they should at each step. API keys are on: each pod reads the chart's Secret
+//! (decoded from the rendering) at the path the rendered config names, the pods call each
+//! other with it, and a client without it is refused.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use shoal_proto::auth::ApiKeys;
 use shoal_proto::v1;
 use shoal_proto::v1::point_service_client::PointServiceClient;
 use shoal_tests::{bin, http_get, poll};
@@ -26,6 +29,10 @@ use tempfile::TempDir;
 const NAMESPACE: &str = "db";
 const GRPC: u16 = 7600;
 const HTTP: u16 = 7680;
+/// The key given to the chart (`auth.apiKeys`).
+const API_KEY: &str = "sts-emulation-key-3f9a1c0d";
+/// Where the chart mounts its Secret's key file, as the rendered config names it.
+const KEYS_PATH: &str = "/etc/shoal-auth/api-keys";
 
 fn helm() -> PathBuf {
     let helm = std::env::var_os("SHOAL_HELM")
@@ -39,8 +46,9 @@ fn helm() -> PathBuf {
     helm
 }
 
-/// The chart rendered for `replicas` nodes: (shoal.toml, the node container's args).
-fn render(replicas: u32) -> (String, Vec<String>) {
+/// The chart rendered for `replicas` nodes with API keys: (shoal.toml, the node container's
+/// args, the API keys file the Secret holds).
+fn render(replicas: u32) -> (String, Vec<String>, String) {
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/shoal");
     let out = Command::new(helm())
         .args(["template", "shoal"])
@@ -50,6 +58,10 @@ fn render(replicas: u32) -> (String, Vec<String>) {
             NAMESPACE,
             "--set",
             &format!("replicaCount={replicas}"),
+            "--set",
+            "auth.enabled=true",
+            "--set",
+            &format!("auth.apiKeys[0]={API_KEY}"),
         ])
         .output()
         .unwrap();
@@ -76,7 +88,34 @@ fn render(replicas: u32) -> (String, Vec<String>) {
         .take_while(|l| l.starts_with("- "))
         .map(|l| l.trim_start_matches("- ").trim_matches('"').to_owned())
         .collect();
-    (toml, args)
+    // The Secret's one data item, base64 as Kubernetes stores it.
+    let encoded = doc
+        .lines()
+        .skip_while(|l| l.trim() != "kind: Secret")
+        .find_map(|l| l.trim().strip_prefix("api-keys: "))
+        .expect("a Secret with an api-keys item");
+    let decoded = Command::new("base64")
+        .arg("-d")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(encoded.trim_matches('"').as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(decoded.status.success(), "the Secret's data is not base64");
+    (toml, args, String::from_utf8(decoded.stdout).unwrap())
+}
+
+/// A client's key, as shoalctl and the writer send it.
+fn client_keys() -> ApiKeys {
+    ApiKeys::client(API_KEY).unwrap()
 }
 
 fn dns(ordinal: u64) -> String {
@@ -127,7 +166,14 @@ impl StatefulSet {
 
     /// `helm upgrade --set replicaCount=N`: new pods get the new rendering.
     fn upgrade(&mut self, replicas: u32) {
-        let (toml, args) = render(replicas);
+        let (toml, args, keys) = render(replicas);
+        let keys_file = self.dir.path().join("api-keys");
+        assert!(
+            toml.contains(KEYS_PATH),
+            "the config names the Secret's file:\n{toml}"
+        );
+        std::fs::write(&keys_file, keys).unwrap();
+        let toml = toml.replace(KEYS_PATH, keys_file.to_str().unwrap());
         std::fs::write(&self.config, toml).unwrap();
         self.args = args;
     }
@@ -217,6 +263,7 @@ impl StatefulSet {
                 "json",
             ])
             .args(args)
+            .env("SHOAL_API_KEY", API_KEY)
             .output()
             .unwrap();
         assert!(
@@ -282,7 +329,7 @@ fn start_writer(
                 else {
                     continue;
                 };
-                let mut client = PointServiceClient::new(channel);
+                let mut client = PointServiceClient::with_interceptor(channel, client_keys());
                 let request = v1::UpsertRequest {
                     collection: "sts".into(),
                     points: points.clone(),
@@ -394,9 +441,20 @@ async fn the_charts_pods_bootstrap_scale_drain_and_roll_without_losing_a_write()
     let searches = writer.await.unwrap();
     assert!(searches > 0);
     let acked = acked.lock().unwrap().clone();
-    let mut client = PointServiceClient::connect(format!("http://{}", sts.grpc(1)))
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", sts.grpc(1)))
+        .unwrap()
+        .connect()
         .await
         .unwrap();
+    let refused = PointServiceClient::new(channel.clone())
+        .count(v1::CountRequest {
+            collection: "sts".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let mut client = PointServiceClient::with_interceptor(channel, client_keys());
     for chunk in acked.chunks(500) {
         let got = client
             .get(v1::GetRequest {

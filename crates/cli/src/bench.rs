@@ -17,12 +17,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::Serialize;
+use shoal_proto::auth::AuthChannel;
 use shoal_proto::v1::point_id::Kind;
 use shoal_proto::v1::point_service_client::PointServiceClient;
 use shoal_proto::{metric_from_wire, v1};
 use shoal_types::Metric;
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::client::Clients;
@@ -477,7 +477,7 @@ impl Level {
 /// One concurrent task: takes request numbers from a shared counter until the load is done.
 struct Worker {
     level: Arc<Level>,
-    client: PointServiceClient<Channel>,
+    client: PointServiceClient<AuthChannel>,
     queries: Arc<Matrix>,
     truth: Arc<Vec<Vec<u64>>>,
     next: Arc<AtomicU64>,

@@ -3,24 +3,28 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use shoal_proto::auth::{self, ApiKeys, AuthChannel};
 use shoal_proto::v1::cluster_service_client::ClusterServiceClient;
 use shoal_proto::v1::collection_service_client::CollectionServiceClient;
 use shoal_proto::v1::feature_service_client::FeatureServiceClient;
 use shoal_proto::v1::point_service_client::PointServiceClient;
 use shoal_types::Limits;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 #[derive(Clone)]
 pub struct Clients {
-    pub collections: CollectionServiceClient<Channel>,
-    pub points: PointServiceClient<Channel>,
-    pub cluster: ClusterServiceClient<Channel>,
-    pub features: FeatureServiceClient<Channel>,
+    pub collections: CollectionServiceClient<AuthChannel>,
+    pub points: PointServiceClient<AuthChannel>,
+    pub cluster: ClusterServiceClient<AuthChannel>,
+    pub features: FeatureServiceClient<AuthChannel>,
+    /// The API key sent with every call (none in the open mode).
+    pub key: Option<String>,
 }
 
-/// Clients for the node at `addr` (`HOST:PORT`, or a full `http://` URI). The connection is
-/// made on the first request, so local input is checked before the node is needed.
-pub fn connect(addr: &str) -> Result<Clients> {
+/// Clients for the node at `addr` (`HOST:PORT`, or a full `http://` URI) that send `key`. The
+/// connection is made on the first request, so local input is checked before the node is
+/// needed.
+pub fn connect(addr: &str, key: Option<&str>) -> Result<Clients> {
     let uri = if addr.contains("://") {
         addr.to_owned()
     } else {
@@ -30,6 +34,11 @@ pub fn connect(addr: &str) -> Result<Clients> {
         .with_context(|| format!("invalid address {addr:?}"))?
         .connect_timeout(Duration::from_secs(10))
         .connect_lazy();
+    let keys = match key {
+        Some(key) => ApiKeys::client(key).map_err(anyhow::Error::msg)?,
+        None => ApiKeys::open(),
+    };
+    let channel = auth::authed(channel, &keys);
     // The node's default message limit; large upserts and searches stay under it.
     let max = Limits::default().max_message_bytes;
     Ok(Clients {
@@ -43,6 +52,7 @@ pub fn connect(addr: &str) -> Result<Clients> {
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
         cluster: ClusterServiceClient::new(channel).max_decoding_message_size(max),
+        key: key.map(str::to_owned),
     })
 }
 

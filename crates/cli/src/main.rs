@@ -48,6 +48,10 @@ struct Cli {
         default_value = "127.0.0.1:7600"
     )]
     addr: String,
+    /// API key, sent as `authorization: Bearer KEY`, for nodes with security.api_keys_file.
+    /// Prefer the environment variable: a flag is visible to other users in `ps`.
+    #[arg(long, global = true, env = "SHOAL_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     output: Format,
@@ -97,7 +101,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let clients = client::connect(&cli.addr)?;
+    let clients = client::connect(&cli.addr, cli.api_key.as_deref())?;
     let result = match cli.command {
         Command::Collection(command) => {
             commands::collection::run(clients, cli.output, command).await

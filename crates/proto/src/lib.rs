@@ -6,6 +6,7 @@
 //!
 //! Generated code lives only here; nothing else in the workspace runs protoc.
 
+pub mod auth;
 mod convert;
 mod features;
 pub mod json;

@@ -58,7 +58,14 @@ struct TestNode {
 impl TestNode {
     async fn start(id: NodeId) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let node = RaftNode::new(id, config(), tokio::runtime::Handle::current(), None).unwrap();
+        let node = RaftNode::new(
+            id,
+            config(),
+            tokio::runtime::Handle::current(),
+            None,
+            shoal_proto::auth::ApiKeys::open(),
+        )
+        .unwrap();
         let (raft, shard) = node
             .start_group(GROUP, dir.path(), open_shard())
             .await
@@ -242,7 +249,11 @@ async fn three_nodes_replicate_over_grpc_and_elect_a_new_leader_when_the_leader_
 }
 
 async fn vote_to(addr: &str, group: GroupId) -> RPCError<NodeId, BasicNode, RaftError<NodeId>> {
-    let peers = Peers::new(Duration::from_millis(500), None);
+    let peers = Peers::new(
+        Duration::from_millis(500),
+        None,
+        shoal_proto::auth::ApiKeys::open(),
+    );
     let mut client = peers
         .factory(1, group)
         .new_client(2, &BasicNode::new(addr))

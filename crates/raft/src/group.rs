@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use openraft::SnapshotPolicy;
 use serde::{Deserialize, Serialize};
+use shoal_proto::auth::ApiKeys;
 use shoal_shard::ShardSlot;
 use shoal_storage::Store;
 use shoal_types::{Error, ErrorCode, Result};
@@ -136,15 +137,20 @@ pub struct RaftNode {
 
 impl RaftNode {
     /// A node whose groups run on `runtime` and connect to peers from `source_ip` (the OS
-    /// chooses when `None`).
+    /// chooses when `None`), sending `keys`' key.
     pub fn new(
         id: NodeId,
         config: RaftConfig,
         runtime: Handle,
         source_ip: Option<IpAddr>,
+        keys: ApiKeys,
     ) -> Result<Self> {
         config.validate()?;
-        let peers = Peers::new(Duration::from_millis(config.connect_timeout_ms), source_ip);
+        let peers = Peers::new(
+            Duration::from_millis(config.connect_timeout_ms),
+            source_ip,
+            keys,
+        );
         Ok(Self {
             id,
             config,

@@ -31,9 +31,10 @@ use openraft::AnyError;
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use shoal_proto::auth::{self, ApiKeys, AuthChannel};
 use shoal_proto::internal::v1 as pb;
 use shoal_proto::internal::v1::raft_service_client::RaftServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::Code;
 
 use crate::{BasicNode, GroupId, NodeId, TypeConfig};
@@ -57,16 +58,19 @@ struct PeersInner {
     connect_timeout: Duration,
     /// Local address connections are made from; the OS chooses when `None`.
     source_ip: Option<IpAddr>,
+    /// Sent with every call: peers serve Raft on their public, key-checked port.
+    keys: ApiKeys,
     /// The channel to each peer and the address it was made for.
-    channels: Mutex<HashMap<NodeId, (String, Channel)>>,
+    channels: Mutex<HashMap<NodeId, (String, AuthChannel)>>,
 }
 
 impl Peers {
-    pub fn new(connect_timeout: Duration, source_ip: Option<IpAddr>) -> Self {
+    pub fn new(connect_timeout: Duration, source_ip: Option<IpAddr>, keys: ApiKeys) -> Self {
         Self {
             inner: Arc::new(PeersInner {
                 connect_timeout,
                 source_ip,
+                keys,
                 channels: Mutex::new(HashMap::new()),
             }),
         }
@@ -75,7 +79,7 @@ impl Peers {
     /// The channel to node `target` at `addr` (`host:port`), created on first use. It connects
     /// on the first call and reconnects by itself after a failure. A node that moved gets a
     /// new channel.
-    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    fn channel(&self, target: NodeId, addr: &str) -> Result<AuthChannel, tonic::transport::Error> {
         let mut channels = self.inner.channels.lock();
         if let Some((known, channel)) = channels.get(&target) {
             if known == addr {
@@ -87,6 +91,7 @@ impl Peers {
             .local_address(self.inner.source_ip)
             .tcp_nodelay(true)
             .connect_lazy();
+        let channel = auth::authed(channel, &self.inner.keys);
         channels.insert(target, (addr.to_owned(), channel.clone()));
         Ok(channel)
     }
@@ -133,7 +138,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 /// One group's client to one peer.
 pub struct PeerClient {
     /// Or why the peer's address is unusable.
-    client: Result<RaftServiceClient<Channel>, String>,
+    client: Result<RaftServiceClient<AuthChannel>, String>,
     local: NodeId,
     target: NodeId,
     group: GroupId,
@@ -154,7 +159,7 @@ impl PeerClient {
         request: &Req,
         option: &RPCOption,
         max_bytes: usize,
-        send: impl FnOnce(RaftServiceClient<Channel>, tonic::Request<Vec<u8>>) -> Fut,
+        send: impl FnOnce(RaftServiceClient<AuthChannel>, tonic::Request<Vec<u8>>) -> Fut,
     ) -> Result<Result<Resp, E>, CallError>
     where
         Req: Serialize,

@@ -5,13 +5,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use shoal_proto::auth::{self, ApiKeys, AuthChannel};
 use shoal_proto::internal::v1 as internal;
 use shoal_proto::internal::v1::node_service_client::NodeServiceClient;
 use shoal_proto::v1::collection_service_client::CollectionServiceClient;
 use shoal_proto::v1::feature_service_client::FeatureServiceClient;
 use shoal_proto::v1::point_service_client::PointServiceClient;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Request, Status};
 
 use crate::map::{NodeId, ShardMap};
@@ -67,7 +68,7 @@ pub fn for_shard<T>(mut request: Request<T>, target: ShardRef) -> Request<T> {
 
 /// Runs `call` on shard `shard` of the node behind `channel`.
 pub async fn call(
-    channel: Channel,
+    channel: AuthChannel,
     shard: ShardRef,
     call: ShardCall,
     timeout: Duration,
@@ -127,14 +128,22 @@ pub async fn call(
     Ok(reply)
 }
 
-/// Lazily connected channels, one per address.
-#[derive(Debug, Default)]
+/// Lazily connected channels, one per address, each sending this process's API key.
+#[derive(Debug)]
 pub struct Channels {
-    channels: Mutex<HashMap<String, Channel>>,
+    keys: ApiKeys,
+    channels: Mutex<HashMap<String, AuthChannel>>,
 }
 
 impl Channels {
-    pub fn get(&self, address: &str) -> Result<Channel, Status> {
+    pub fn new(keys: ApiKeys) -> Self {
+        Self {
+            keys,
+            channels: Mutex::default(),
+        }
+    }
+
+    pub fn get(&self, address: &str) -> Result<AuthChannel, Status> {
         let mut channels = self.channels.lock();
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
@@ -144,13 +153,14 @@ impl Channels {
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .connect_lazy();
+        let channel = auth::authed(channel, &self.keys);
         channels.insert(address.to_owned(), channel.clone());
         Ok(channel)
     }
 }
 
 /// Asks the node at `address` for its shard map.
-pub async fn fetch_map(channel: Channel, timeout: Duration) -> Result<ShardMap, Status> {
+pub async fn fetch_map(channel: AuthChannel, timeout: Duration) -> Result<ShardMap, Status> {
     let mut request = Request::new(internal::ShardMapRequest {});
     request.set_timeout(timeout);
     let wire = NodeServiceClient::new(channel)
@@ -172,9 +182,9 @@ pub struct GrpcTransport {
 }
 
 impl GrpcTransport {
-    pub fn new(seeds: Vec<String>, max_message: usize, timeout: Duration) -> Self {
+    pub fn new(seeds: Vec<String>, max_message: usize, timeout: Duration, keys: ApiKeys) -> Self {
         Self {
-            channels: Channels::default(),
+            channels: Channels::new(keys),
             seeds,
             known: Mutex::new(Vec::new()),
             max_message,
@@ -183,7 +193,7 @@ impl GrpcTransport {
     }
 
     /// A channel to the node at `address`.
-    pub fn channel(&self, address: &str) -> Result<Channel, Status> {
+    pub fn channel(&self, address: &str) -> Result<AuthChannel, Status> {
         self.channels.get(address)
     }
 

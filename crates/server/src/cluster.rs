@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use shoal_index::IndexFactory;
+use shoal_proto::auth::{self, ApiKeys, AuthChannel};
 use shoal_proto::internal::v1 as internal;
 use shoal_proto::internal::v1::node_service_client::NodeServiceClient;
 use shoal_raft::control::{self, GroupView};
@@ -33,7 +34,7 @@ use shoal_raft::{
 use shoal_shard::{CpuPool, Maintenance, Shard, ShardConfig, ShardMetrics, ShardSlot};
 use shoal_types::{CollectionSpec, Command, Error, ErrorCode, Limits, Result};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::config::ClusterConfig;
 
@@ -111,7 +112,9 @@ struct Inner {
     meta: Raft,
     layout: watch::Receiver<Arc<ClusterState>>,
     local: RwLock<HashMap<GroupId, Arc<LocalGroup>>>,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<String, AuthChannel>>,
+    /// Sent with every call to another node.
+    keys: ApiKeys,
     env: ShardEnv,
     /// Repairs under way, so a slow one is not started twice.
     repairs: Mutex<HashSet<GroupId>>,
@@ -130,6 +133,7 @@ impl Cluster {
         limits: Limits,
         raft: RaftNode,
         env: ShardEnv,
+        keys: ApiKeys,
     ) -> Result<Self> {
         let meta_dir = env.data_dir.join("meta");
         let groups_dir = env.data_dir.join("groups");
@@ -149,6 +153,7 @@ impl Cluster {
                 layout,
                 local: RwLock::default(),
                 channels: Mutex::default(),
+                keys,
                 env,
                 repairs: Mutex::default(),
                 last_member_sync: Mutex::default(),
@@ -941,7 +946,7 @@ impl Cluster {
     where
         H: FnOnce(Self, Arc<LocalGroup>) -> HF,
         HF: Future<Output = Result<()>>,
-        C: Fn(NodeServiceClient<Channel>, u32) -> CF,
+        C: Fn(NodeServiceClient<AuthChannel>, u32) -> CF,
         CF: Future<Output = std::result::Result<(), tonic::Status>>,
     {
         let layout = self.layout();
@@ -1204,7 +1209,7 @@ impl Cluster {
     }
 
     /// A lazily connected channel to the node at `addr`, shared by every request to it.
-    pub fn channel(&self, addr: &str) -> Result<Channel> {
+    pub fn channel(&self, addr: &str) -> Result<AuthChannel> {
         let mut channels = self.inner.channels.lock();
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
@@ -1215,6 +1220,7 @@ impl Cluster {
             .local_address(self.inner.settings.source_ip)
             .tcp_nodelay(true)
             .connect_lazy();
+        let channel = auth::authed(channel, &self.inner.keys);
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
     }
@@ -1230,7 +1236,7 @@ impl Cluster {
     ) -> std::result::Result<tonic::Response<Resp>, tonic::Status>
     where
         Req: Clone,
-        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        F: Fn(AuthChannel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
     {
         if hops >= MAX_HOPS {
@@ -1277,7 +1283,7 @@ impl Cluster {
     ) -> Option<std::result::Result<tonic::Response<Resp>, tonic::Status>>
     where
         Req: Clone,
-        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        F: Fn(AuthChannel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
     {
         match self.meta_leader_elsewhere() {

@@ -22,6 +22,7 @@ pub struct Config {
     pub index: SegmentConfig,
     pub runtime: RuntimeConfig,
     pub log: LogConfig,
+    pub security: SecurityConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,6 +172,39 @@ impl Default for LogConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// A file of API keys, one per line (`#` comments). Set: every gRPC call except health and
+    /// reflection, and every Feast HTTP call, must carry `authorization: Bearer <key>` with one
+    /// of them, and this process sends the first key to the nodes it calls. Unset: no
+    /// authentication (only on a network nobody else can reach).
+    pub api_keys_file: Option<PathBuf>,
+    /// How often the keys file is read again, so a rotated Secret takes effect, in seconds.
+    pub reload_secs: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            api_keys_file: None,
+            reload_secs: 10,
+        }
+    }
+}
+
+impl SecurityConfig {
+    /// The keys this process accepts and sends: the open mode without a keys file.
+    pub fn api_keys(&self) -> anyhow::Result<shoal_proto::auth::ApiKeys> {
+        match &self.api_keys_file {
+            None => Ok(shoal_proto::auth::ApiKeys::open()),
+            Some(path) => {
+                shoal_proto::auth::ApiKeys::from_file(path).map_err(|e| anyhow::anyhow!("{e}"))
+            }
+        }
+    }
+}
+
 /// Flags given on the command line; each overrides the file and the environment.
 #[derive(Debug, Default, Serialize)]
 pub struct Overrides {
@@ -246,6 +280,19 @@ impl Config {
         Ok(())
     }
 
+    /// What a node needs beyond [`Config::validate`]: an address its peers can dial. (A router
+    /// has no peers calling it, so it may listen on 0.0.0.0 without `cluster.advertise`.)
+    pub fn validate_node(&self) -> anyhow::Result<()> {
+        if self.cluster.advertise.is_none() && self.node.listen.ip().is_unspecified() {
+            bail!(
+                "node.listen is {}, which peers cannot dial: set cluster.advertise to the \
+                 host:port they should use",
+                self.node.listen
+            );
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         self.limits.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         self.index.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -271,18 +318,14 @@ impl Config {
                 check_host_port(key, addr)?;
             }
         }
-        if self.cluster.advertise.is_none() && self.node.listen.ip().is_unspecified() {
-            bail!(
-                "node.listen is {}, which peers cannot dial: set cluster.advertise to the \
-                 host:port they should use",
-                self.node.listen
-            );
-        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!(
                 "log.format must be \"text\" or \"json\", got {:?}",
                 self.log.format
             );
+        }
+        if self.security.reload_secs == 0 {
+            bail!("security.reload_secs must be positive");
         }
         if self.node.listen == self.node.http {
             bail!(
@@ -393,9 +436,10 @@ mod tests {
             ("[cluster]\nnode_id = 0", "cluster.node_id"),
             ("[cluster]\njoin = \"nowhere\"", "cluster.join"),
             ("[cluster]\nmeta_voters = 2", "cluster.meta_voters"),
-            ("[node]\nlisten = \"0.0.0.0:7600\"", "cluster.advertise"),
             ("[cluster]\nunknown_key = 1", "unknown_key"),
             ("[raft]\nheartbeat_interval_ms = 0", "heartbeat_interval_ms"),
+            ("[security]\nreload_secs = 0", "security.reload_secs"),
+            ("[security]\napi_keys = \"x\"", "api_keys"),
         ] {
             let err = format!("{:#}", load_toml(bad).unwrap_err());
             assert!(
@@ -403,5 +447,16 @@ mod tests {
                 "error for {bad:?} should name {key:?}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_node_needs_an_address_its_peers_can_dial_and_a_router_does_not() {
+        let wildcard = load_toml("[node]\nlisten = \"0.0.0.0:7600\"").unwrap();
+        let err = format!("{:#}", wildcard.validate_node().unwrap_err());
+        assert!(err.contains("cluster.advertise"), "{err}");
+        let advertised =
+            load_toml("[node]\nlisten = \"0.0.0.0:7600\"\n[cluster]\nadvertise = \"db-0:7600\"")
+                .unwrap();
+        advertised.validate_node().unwrap();
     }
 }

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Map, Value};
+use shoal_proto::auth::ApiKeys;
 use shoal_proto::json::{
     feature_value_from_json, feature_value_to_json, timestamp_from_json, timestamp_to_rfc3339,
 };
@@ -26,6 +27,7 @@ use shoal_proto::v1::feature_service_server::FeatureService;
 use shoal_proto::{feature_status_name, feature_type_from_wire};
 use tonic::{Code, Request, Status};
 
+use crate::auth::require_key;
 use crate::grpc::Api;
 
 /// The entity column of every view.
@@ -34,12 +36,14 @@ const JOIN_KEY: &str = "id";
 /// The node's API, once it is up (the HTTP port opens earlier, for health checks).
 pub type Slot = Arc<OnceLock<Api>>;
 
-pub fn routes(slot: Slot) -> Router {
+/// The Feast routes; all but `/health` need an API key when `keys` requires one.
+pub fn routes(slot: Slot, keys: ApiKeys) -> Router {
     Router::new()
-        .route("/health", get(health))
         .route("/get-online-features", post(get_online_features))
         .route("/push", post(push))
         .route("/write-to-online-store", post(write_to_online_store))
+        .route_layer(axum::middleware::from_fn_with_state(keys, require_key))
+        .route("/health", get(health))
         .with_state(slot)
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::{HistogramOpts, HistogramVec, Registry};
 use shoal_index::SegmentState;
+use shoal_proto::auth::AuthChannel;
 use shoal_proto::v1::collection_service_client::CollectionServiceClient;
 use shoal_proto::v1::collection_service_server::CollectionService;
 use shoal_proto::v1::feature_service_client::FeatureServiceClient;
@@ -31,7 +32,6 @@ use shoal_types::{
     CollectionSpec, Command, Error, ErrorCode, FeatureStatus, FeatureValue, FeatureViewSpec, Point,
     PointId,
 };
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::{Cluster, LocalGroup, Target, Want, HOPS};
@@ -190,7 +190,7 @@ impl Api {
         result
     }
 
-    fn collections_client(&self, channel: Channel) -> CollectionServiceClient<Channel> {
+    fn collections_client(&self, channel: AuthChannel) -> CollectionServiceClient<AuthChannel> {
         CollectionServiceClient::new(channel)
             .max_decoding_message_size(self.exec.max_message)
             .max_encoding_message_size(self.exec.max_message)
@@ -198,19 +198,19 @@ impl Api {
 }
 
 impl ShardExec {
-    fn points_client(&self, channel: Channel) -> PointServiceClient<Channel> {
+    fn points_client(&self, channel: AuthChannel) -> PointServiceClient<AuthChannel> {
         PointServiceClient::new(channel)
             .max_decoding_message_size(self.max_message)
             .max_encoding_message_size(self.max_message)
     }
 
-    fn collections_client(&self, channel: Channel) -> CollectionServiceClient<Channel> {
+    fn collections_client(&self, channel: AuthChannel) -> CollectionServiceClient<AuthChannel> {
         CollectionServiceClient::new(channel)
             .max_decoding_message_size(self.max_message)
             .max_encoding_message_size(self.max_message)
     }
 
-    fn features_client(&self, channel: Channel) -> FeatureServiceClient<Channel> {
+    fn features_client(&self, channel: AuthChannel) -> FeatureServiceClient<AuthChannel> {
         FeatureServiceClient::new(channel)
             .max_decoding_message_size(self.max_message)
             .max_encoding_message_size(self.max_message)
@@ -485,7 +485,7 @@ impl ShardExec {
     ) -> Result<Resp, Status>
     where
         Req: Clone,
-        F: Fn(Channel, Request<Req>) -> Fut,
+        F: Fn(AuthChannel, Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
         let (shards, target) = self.route(collection, shard, Want::Leader, false).await?;

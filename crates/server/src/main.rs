@@ -5,6 +5,7 @@
 //! `shoal router --join HOST:PORT` starts a stateless query router (gRPC on 127.0.0.1:7610,
 //! HTTP on 127.0.0.1:7690 by default).
 
+mod auth;
 mod cluster;
 mod cluster_api;
 mod config;
@@ -45,7 +46,7 @@ enum Commands {
 
 #[derive(clap::Args)]
 struct RouterArgs {
-    /// TOML configuration file; the router reads [log], [limits], [runtime] and
+    /// TOML configuration file; the router reads [log], [limits], [runtime], [security] and
     /// cluster.forward_timeout_ms (its per-request deadline).
     #[arg(long, env = "SHOAL_CONFIG")]
     config: Option<PathBuf>,
@@ -107,7 +108,13 @@ fn main() -> ExitCode {
             Some(args.join),
         ),
     };
-    let config = match Config::load(file.as_deref(), &overrides) {
+    let loaded = Config::load(file.as_deref(), &overrides).and_then(|config| {
+        if router_seeds.is_none() {
+            config.validate_node()?;
+        }
+        Ok(config)
+    });
+    let config = match loaded {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -254,7 +261,13 @@ mod chart_tests {
 
     #[test]
     fn the_chart_renders_a_config_and_args_this_binary_accepts_for_every_pod() {
-        let rendered = render(&["replicaCount=5", "router.enabled=true"]);
+        let rendered = render(&[
+            "replicaCount=5",
+            "router.enabled=true",
+            "auth.enabled=true",
+            "auth.apiKeys[0]=chart-test-key-0123456789",
+        ]);
+        let keys = Some(Path::new("/etc/shoal-auth/api-keys"));
         let dir = tempfile::tempdir().unwrap();
         let toml = dir.path().join("shoal.toml");
         std::fs::write(&toml, block(&rendered, "shoal.toml")).unwrap();
@@ -275,12 +288,14 @@ mod chart_tests {
                 advertise: cli.advertise,
             };
             let config = Config::load_as(cli.config.as_deref(), &overrides, Some(&pod)).unwrap();
+            config.validate_node().unwrap();
             assert_eq!(config.cluster.node_id, ordinal + 1);
             assert_eq!(
                 config.cluster.meta_voters, 3,
                 "config.metaVoters, not replicaCount"
             );
             assert_eq!(config.node.data_dir, Path::new("/data"));
+            assert_eq!(config.security.api_keys_file.as_deref(), keys);
             assert_eq!(
                 config.cluster.advertise.as_deref(),
                 Some(format!("{pod}.shoal-headless.db.svc.cluster.local:7600").as_str())
@@ -290,8 +305,27 @@ mod chart_tests {
             let wanted = (ordinal > 0).then_some(seed);
             assert_eq!(config.cluster.join.as_deref(), wanted, "{pod}");
         }
-        let router = std::iter::once("shoal".to_owned()).chain(args(&rendered, "router"));
-        let parsed = Cli::try_parse_from(router).unwrap();
-        assert!(matches!(parsed.command, Commands::Router(_)));
+        // The router's own config file, on a Deployment pod's host name (no ordinal).
+        let router_toml = dir.path().join("router.toml");
+        std::fs::write(&router_toml, block(&rendered, "router.toml")).unwrap();
+        let router = std::iter::once("shoal".to_owned())
+            .chain(args(&rendered, "router"))
+            .map(|a| a.replace("/etc/shoal/router.toml", router_toml.to_str().unwrap()));
+        let Commands::Router(cli) = Cli::try_parse_from(router).unwrap().command else {
+            panic!("the chart's router args do not run a router");
+        };
+        let overrides = Overrides {
+            listen: Some(cli.listen),
+            http: Some(cli.http),
+            ..Overrides::default()
+        };
+        let config = Config::load_as(
+            cli.config.as_deref(),
+            &overrides,
+            Some("shoal-router-5d8f9c7b6-x2x9k"),
+        )
+        .unwrap();
+        assert_eq!(config.security.api_keys_file.as_deref(), keys);
+        assert_eq!(config.log.format, "json");
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use prometheus::Registry;
 use shoal_index_faiss::FaissFactory;
+use shoal_proto::auth::RequireApiKey;
 use shoal_proto::internal::v1::node_service_server::NodeServiceServer;
 use shoal_proto::v1::cluster_service_server::ClusterServiceServer;
 use shoal_proto::v1::collection_service_server::CollectionServiceServer;
@@ -23,6 +24,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
+use crate::auth;
 use crate::cluster::{Cluster, ShardEnv};
 use crate::cluster_api::ClusterApi;
 use crate::config::Config;
@@ -40,13 +42,19 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
     // Bind first so a port conflict fails fast, before data is opened.
     let grpc_listener = http::bind(config.node.listen).await?;
     let http_listener = http::bind(config.node.http).await?;
+    let keys = config.security.api_keys()?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    auth::spawn_reloader(
+        keys.clone(),
+        Duration::from_secs(config.security.reload_secs),
+        stop_rx.clone(),
+    );
     let feast_api = feast::Slot::default();
     let http_server = tokio::spawn(http::serve(
         http_listener,
         registry.clone(),
         ready.clone(),
-        feast::routes(feast_api.clone()),
+        feast::routes(feast_api.clone(), keys.clone()),
         wait_for(stop_rx.clone()),
     ));
 
@@ -79,6 +87,7 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
         config.raft.clone(),
         raft_runtime,
         config.cluster.source_ip,
+        keys.clone(),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let address = config.cluster.advertise(config.node.listen);
@@ -98,6 +107,7 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
         config.limits.clone(),
         raft_node.clone(),
         env,
+        keys.clone(),
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -116,6 +126,7 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
         .build_v1()?;
 
     let grpc = tonic::transport::Server::builder()
+        .layer(RequireApiKey::new(keys))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

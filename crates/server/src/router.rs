@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use prometheus::{HistogramOpts, HistogramVec, Registry};
+use shoal_proto::auth::{AuthChannel, RequireApiKey};
 use shoal_proto::v1::cluster_service_client::ClusterServiceClient;
 use shoal_proto::v1::cluster_service_server::{ClusterService, ClusterServiceServer};
 use shoal_proto::v1::collection_service_client::CollectionServiceClient;
@@ -23,7 +24,6 @@ use shoal_router::grpc::{requested_shard, GrpcTransport};
 use shoal_router::Router;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::config::Config;
@@ -73,7 +73,7 @@ impl RouterApi {
     async fn to_a_node<Req, Resp, F, Fut>(&self, request: Req, call: F) -> Result<Resp, Status>
     where
         Req: Clone,
-        F: Fn(Channel, Request<Req>) -> Fut,
+        F: Fn(AuthChannel, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
         let mut last = Status::unavailable("the router knows no node");
@@ -96,7 +96,7 @@ impl RouterApi {
         Err(last)
     }
 
-    fn collections(&self, channel: Channel) -> CollectionServiceClient<Channel> {
+    fn collections(&self, channel: AuthChannel) -> CollectionServiceClient<AuthChannel> {
         CollectionServiceClient::new(channel)
             .max_decoding_message_size(self.max_message)
             .max_encoding_message_size(self.max_message)
@@ -438,7 +438,13 @@ pub async fn run(config: Config, seeds: Vec<String>) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let grpc_listener = http::bind(config.node.listen).await?;
     let http_listener = http::bind(config.node.http).await?;
+    let keys = config.security.api_keys()?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    crate::auth::spawn_reloader(
+        keys.clone(),
+        Duration::from_secs(config.security.reload_secs),
+        stop_rx.clone(),
+    );
     let http_server = tokio::spawn(http::serve(
         http_listener,
         registry.clone(),
@@ -449,7 +455,12 @@ pub async fn run(config: Config, seeds: Vec<String>) -> anyhow::Result<()> {
 
     let max_message = config.limits.max_message_bytes;
     let timeout = Duration::from_millis(config.cluster.forward_timeout_ms);
-    let transport = Arc::new(GrpcTransport::new(seeds.clone(), max_message, timeout));
+    let transport = Arc::new(GrpcTransport::new(
+        seeds.clone(),
+        max_message,
+        timeout,
+        keys.clone(),
+    ));
     let router = Arc::new(Router::new(
         transport.clone(),
         None,
@@ -500,6 +511,7 @@ pub async fn run(config: Config, seeds: Vec<String>) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let grpc = tonic::transport::Server::builder()
+        .layer(RequireApiKey::new(keys))
         .add_service(reflection)
         .add_service(
             CollectionServiceServer::new(api.clone())

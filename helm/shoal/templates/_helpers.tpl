@@ -60,6 +60,66 @@ app.kubernetes.io/component: node
 {{- if and .Values.router.enabled (lt (int .Values.router.replicaCount) 1) -}}
 {{- fail "router.replicaCount must be at least 1 when the router is enabled" -}}
 {{- end -}}
+{{- with .Values.auth -}}
+{{- if .enabled -}}
+{{- if and .existingSecret .apiKeys -}}
+{{- fail "auth.existingSecret and auth.apiKeys are both set: give the keys either in a Secret of your own (existingSecret) or to the chart (apiKeys), not both" -}}
+{{- end -}}
+{{- if not (or .existingSecret .apiKeys) -}}
+{{- fail "auth.enabled=true needs the keys: set auth.existingSecret to a Secret you created (kubectl create secret generic NAME --from-file=api-keys=FILE) or give auth.apiKeys" -}}
+{{- end -}}
+{{- end -}}
+{{- /* Checked even when auth is off: a bad key should not wait to be found until it is. The
+       messages give the key's position, never the key, since they end up in CI logs. */ -}}
+{{- range $i, $key := .apiKeys -}}
+{{- $key = toString $key | trim -}}
+{{- if lt (len $key) 16 -}}
+{{- fail (printf "auth.apiKeys[%d] is %d characters long: API keys need at least 16 (e.g. openssl rand -hex 32)" $i (len $key)) -}}
+{{- end -}}
+{{- if gt (len $key) 512 -}}
+{{- fail (printf "auth.apiKeys[%d] is %d characters long: API keys have at most 512" $i (len $key)) -}}
+{{- end -}}
+{{- if not (regexMatch "^[!-~]+$" $key) -}}
+{{- fail (printf "auth.apiKeys[%d] contains whitespace or a character outside printable ASCII: it could not be sent in an HTTP header" $i) -}}
+{{- end -}}
+{{- if hasPrefix "#" $key -}}
+{{- fail (printf "auth.apiKeys[%d] starts with '#': the keys file would read it as a comment" $i) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret that holds the API keys file: the user's, or the one the chart makes. */}}
+{{- define "shoal.authSecret" -}}
+{{- .Values.auth.existingSecret | default (printf "%s-api-keys" (include "shoal.fullname" .)) -}}
+{{- end -}}
+
+{{/* The [security] section of nodes' and routers' config when auth is on; empty when off. */}}
+{{- define "shoal.securityConfig" -}}
+{{- if .Values.auth.enabled -}}
+[security]
+api_keys_file = "/etc/shoal-auth/{{ .Values.auth.secretKey }}"
+reload_secs = {{ int .Values.auth.reloadSecs }}
+{{- end -}}
+{{- end -}}
+
+{{/* The API keys volume: the whole Secret as a directory, not a subPath mount, so that the
+     kubelet's updates of a rotated Secret reach the file. Group-readable: the Secret's
+     files belong to root and the pod's fsGroup (10001), the container's group. */}}
+{{- define "shoal.authVolume" -}}
+- name: api-keys
+  secret:
+    secretName: {{ include "shoal.authSecret" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.auth.secretKey }}
+        path: {{ .Values.auth.secretKey }}
+{{- end -}}
+
+{{- define "shoal.authVolumeMount" -}}
+- name: api-keys
+  mountPath: /etc/shoal-auth
+  readOnly: true
 {{- end -}}
 
 {{- define "shoal.podSecurityContext" -}}

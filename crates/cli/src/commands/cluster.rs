@@ -771,7 +771,7 @@ mod tests {
         let router =
             Server::builder().add_optional_service(service.map(ClusterServiceServer::from_arc));
         tokio::spawn(router.serve_with_incoming(TcpIncoming::from(listener)));
-        crate::client::connect(&addr.to_string()).unwrap()
+        crate::client::connect(&addr.to_string(), None).unwrap()
     }
 
     #[tokio::test]

@@ -695,11 +695,20 @@ fn summarize(
 }
 
 /// One POST over a kept-alive HTTP/1.1 connection; the response body must be 200.
-fn http_post(stream: &mut std::net::TcpStream, host: &str, path: &str, body: &str) -> Result<()> {
+fn http_post(
+    stream: &mut std::net::TcpStream,
+    host: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> Result<()> {
     use std::io::{Read, Write};
+    let authorization = key
+        .map(|key| format!("Authorization: Bearer {key}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     // Headers, then exactly Content-Length bytes of body.
@@ -766,7 +775,7 @@ async fn bench(clients: &mut Clients, format: Format, args: BenchArgs) -> Result
         }
         rows.push(summarize("grpc", batch, features.len(), &mut latencies));
         if let Some(http) = &args.http {
-            let (http, names) = (http.clone(), features.clone());
+            let (http, names, key) = (http.clone(), features.clone(), clients.key.clone());
             let mut latencies = tokio::task::spawn_blocking(move || -> Result<Vec<f64>> {
                 let mut stream = std::net::TcpStream::connect(&http)?;
                 stream.set_nodelay(true)?;
@@ -775,7 +784,13 @@ async fn bench(clients: &mut Clients, format: Format, args: BenchArgs) -> Result
                     let body =
                         serde_json::json!({"features": names, "entities": {"id": ids}}).to_string();
                     let sent = std::time::Instant::now();
-                    http_post(&mut stream, &http, "/get-online-features", &body)?;
+                    http_post(
+                        &mut stream,
+                        &http,
+                        "/get-online-features",
+                        key.as_deref(),
+                        &body,
+                    )?;
                     latencies.push(sent.elapsed().as_secs_f64() * 1e3);
                 }
                 Ok(latencies)

@@ -1,0 +1,409 @@
+//! API keys: the bearer key every client sends and the keys a server accepts.
+//!
+//! Keys live in a file, one per line (blank lines and `#` comments are skipped), that a
+//! Kubernetes Secret mounts. A server accepts any key in the file; a process that calls other
+//! nodes (node to node, router to node, Raft) sends the first. Rotation is therefore: add the
+//! new key as a second line everywhere, make it the first, then remove the old one. The file
+//! is read again by [`ApiKeys::reload`], so a rotated Secret takes effect without a restart.
+//!
+//! Without a keys file every request is accepted and nothing is sent: the open mode for a
+//! laptop or a network that is already private.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use tonic::codegen::http::{self, header::AUTHORIZATION, HeaderMap};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+/// Shortest key accepted: 128 bits of entropy as hex is 32 characters; 16 is the floor below
+/// which a key is a password, not a key.
+pub const MIN_KEY_LEN: usize = 16;
+const MAX_KEY_LEN: usize = 512;
+
+/// gRPC services answered without a key: Kubernetes' gRPC probes and schema discovery, neither
+/// of which reads or changes data.
+const OPEN_SERVICES: [&str; 2] = [
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+];
+
+/// A channel that sends this process's API key with every call.
+pub type AuthChannel = InterceptedService<tonic::transport::Channel, ApiKeys>;
+
+/// Wraps `channel` so every call on it carries `keys`' outgoing key.
+pub fn authed(channel: tonic::transport::Channel, keys: &ApiKeys) -> AuthChannel {
+    InterceptedService::new(channel, keys.clone())
+}
+
+/// The keys of one process, shared by its servers and its clients. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct ApiKeys {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// `None`: the open mode (no keys file).
+    path: Option<PathBuf>,
+    loaded: RwLock<Arc<Loaded>>,
+}
+
+#[derive(Default, PartialEq)]
+struct Loaded {
+    accepted: Vec<String>,
+    /// `Bearer <first key>`, marked sensitive so it is never logged.
+    outgoing: Option<MetadataValue<Ascii>>,
+}
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeys")
+            .field("path", &self.inner.path)
+            .field("keys", &self.loaded().accepted.len())
+            .finish()
+    }
+}
+
+impl ApiKeys {
+    /// The open mode: accepts every request, sends no key.
+    pub fn open() -> Self {
+        Self::default()
+    }
+
+    /// Keys from `path`; an unreadable file, or one without a valid key, is an error.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let loaded = read(path)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: Some(path.to_owned()),
+                loaded: RwLock::new(Arc::new(loaded)),
+            }),
+        })
+    }
+
+    /// A client's key, given on its command line or environment (sent, never checked).
+    pub fn client(key: &str) -> Result<Self, String> {
+        let loaded = parse(key).map_err(|e| format!("API key: {e}"))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: None,
+                loaded: RwLock::new(Arc::new(loaded)),
+            }),
+        })
+    }
+
+    /// Whether requests must carry a key.
+    pub fn required(&self) -> bool {
+        self.inner.path.is_some()
+    }
+
+    /// Reads the keys file again. `Ok(true)` when the keys changed. On an error (the file is
+    /// gone, empty or holds a bad key) the keys in use stay: a half-written Secret must not
+    /// lock every client out.
+    pub fn reload(&self) -> Result<bool, String> {
+        let Some(path) = &self.inner.path else {
+            return Ok(false);
+        };
+        let fresh = read(path)?;
+        let mut loaded = self
+            .inner
+            .loaded
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if **loaded == fresh {
+            return Ok(false);
+        }
+        *loaded = Arc::new(fresh);
+        Ok(true)
+    }
+
+    fn loaded(&self) -> Arc<Loaded> {
+        self.inner
+            .loaded
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Checks the `authorization: Bearer <key>` header of a request.
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), Rejected> {
+        if !self.required() {
+            return Ok(());
+        }
+        let Some(value) = headers.get(AUTHORIZATION) else {
+            return Err(Rejected::Missing);
+        };
+        let presented = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or(Rejected::Malformed)?;
+        // Every key is compared, in constant time each, so the time taken does not tell which
+        // key (or how much of one) matched.
+        let loaded = self.loaded();
+        let matched = loaded.accepted.iter().fold(false, |found, key| {
+            found | constant_time_eq::constant_time_eq(key.as_bytes(), presented.as_bytes())
+        });
+        if matched {
+            Ok(())
+        } else {
+            Err(Rejected::Wrong)
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    Missing,
+    Malformed,
+    Wrong,
+}
+
+impl Rejected {
+    pub fn message(self) -> &'static str {
+        match self {
+            Rejected::Missing => {
+                "this server requires an API key: send the header `authorization: Bearer <key>` \
+                 (shoalctl: --api-key or SHOAL_API_KEY)"
+            }
+            Rejected::Malformed => {
+                "the authorization header must be `Bearer <key>` with a printable ASCII key"
+            }
+            Rejected::Wrong => "the API key was not accepted",
+        }
+    }
+}
+
+impl From<Rejected> for Status {
+    fn from(rejected: Rejected) -> Self {
+        Status::unauthenticated(rejected.message())
+    }
+}
+
+fn read(path: &Path) -> Result<Loaded, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the API keys file {}: {e}", path.display()))?;
+    parse(&text).map_err(|e| format!("API keys file {}: {e}", path.display()))
+}
+
+fn parse(text: &str) -> Result<Loaded, String> {
+    let mut accepted = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let key = line.trim();
+        if key.is_empty() || key.starts_with('#') {
+            continue;
+        }
+        if !(MIN_KEY_LEN..=MAX_KEY_LEN).contains(&key.len()) {
+            return Err(format!(
+                "line {}: a key must be {MIN_KEY_LEN} to {MAX_KEY_LEN} characters long, this one \
+                 has {}",
+                number + 1,
+                key.len()
+            ));
+        }
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "line {}: a key must be printable ASCII without spaces",
+                number + 1
+            ));
+        }
+        accepted.push(key.to_owned());
+    }
+    let Some(first) = accepted.first() else {
+        return Err("no key in it (one key per line; `#` starts a comment)".to_owned());
+    };
+    let mut outgoing = MetadataValue::try_from(format!("Bearer {first}"))
+        .map_err(|e| format!("the first key cannot be sent in a header: {e}"))?;
+    outgoing.set_sensitive(true);
+    Ok(Loaded {
+        accepted,
+        outgoing: Some(outgoing),
+    })
+}
+
+/// Adds the outgoing key to each call of a client.
+impl Interceptor for ApiKeys {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.loaded().outgoing {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A tower layer for tonic's `Server::builder().layer(..)`: refuses calls without an accepted
+/// key with UNAUTHENTICATED before they reach any service, except the health and reflection
+/// services.
+#[derive(Clone, Debug)]
+pub struct RequireApiKey {
+    keys: ApiKeys,
+}
+
+impl RequireApiKey {
+    pub fn new(keys: ApiKeys) -> Self {
+        Self { keys }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for RequireApiKey {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded {
+            inner,
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+/// The service [`RequireApiKey`] makes.
+#[derive(Clone, Debug)]
+pub struct Guarded<S> {
+    inner: S,
+    keys: ApiKeys,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> tower_service::Service<http::Request<B>> for Guarded<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        let open = OPEN_SERVICES.iter().any(|prefix| path.starts_with(prefix));
+        let verdict = if open {
+            Ok(())
+        } else {
+            self.keys.check(request.headers())
+        };
+        match verdict {
+            Ok(()) => Box::pin(self.inner.call(request)),
+            Err(rejected) => {
+                let response = Status::from(rejected).into_http();
+                Box::pin(std::future::ready(Ok(response)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::codegen::http::HeaderValue;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, HeaderValue::from_str(value).expect("header"));
+        headers
+    }
+
+    #[test]
+    fn the_open_mode_accepts_everything_and_sends_nothing() {
+        let keys = ApiKeys::open();
+        assert!(!keys.required());
+        assert_eq!(keys.check(&HeaderMap::new()), Ok(()));
+        assert!(keys.loaded().outgoing.is_none());
+    }
+
+    #[test]
+    fn any_listed_key_is_accepted_and_the_first_is_sent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys");
+        std::fs::write(
+            &path,
+            "# rotated 2026-11\nnew-key-0123456789\n\n  old-key-0123456789  \n",
+        )
+        .expect("write");
+        let keys = ApiKeys::from_file(&path).expect("keys");
+        assert!(keys.required());
+        assert_eq!(keys.check(&headers("Bearer new-key-0123456789")), Ok(()));
+        assert_eq!(keys.check(&headers("Bearer old-key-0123456789")), Ok(()));
+        assert_eq!(
+            keys.check(&headers("Bearer old-key-012345678")),
+            Err(Rejected::Wrong)
+        );
+        assert_eq!(
+            keys.check(&headers("old-key-0123456789")),
+            Err(Rejected::Malformed)
+        );
+        assert_eq!(keys.check(&HeaderMap::new()), Err(Rejected::Missing));
+        let sent = keys.loaded().outgoing.clone().expect("outgoing");
+        assert_eq!(sent.to_str().ok(), Some("Bearer new-key-0123456789"));
+        assert!(sent.is_sensitive());
+        assert!(!format!("{keys:?}").contains("key-0123"));
+    }
+
+    #[test]
+    fn reload_swaps_keys_and_keeps_them_when_the_file_is_bad() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys");
+        std::fs::write(&path, "first-key-0123456789\n").expect("write");
+        let keys = ApiKeys::from_file(&path).expect("keys");
+        assert_eq!(keys.reload(), Ok(false));
+
+        std::fs::write(&path, "second-key-0123456789\n").expect("write");
+        assert_eq!(keys.reload(), Ok(true));
+        assert_eq!(
+            keys.check(&headers("Bearer first-key-0123456789")),
+            Err(Rejected::Wrong)
+        );
+        assert_eq!(keys.check(&headers("Bearer second-key-0123456789")), Ok(()));
+
+        std::fs::write(&path, "# emptied by mistake\n").expect("write");
+        assert!(keys.reload().is_err());
+        assert_eq!(keys.check(&headers("Bearer second-key-0123456789")), Ok(()));
+        std::fs::remove_file(&path).expect("remove");
+        assert!(keys.reload().is_err());
+        assert_eq!(keys.check(&headers("Bearer second-key-0123456789")), Ok(()));
+    }
+
+    #[test]
+    fn bad_key_files_are_refused_with_the_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys");
+        for (text, expected) in [
+            ("", "no key in it"),
+            ("# only a comment\n", "no key in it"),
+            ("short\n", "line 1: a key must be 16 to 512 characters long"),
+            (
+                "good-key-0123456789\nhas a space in it\n",
+                "line 2: a key must be printable",
+            ),
+            (
+                "good-key-0123456789\nnon-ascii-kéy-0123456789\n",
+                "line 2: a key must be printable",
+            ),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let err = ApiKeys::from_file(&path).expect_err(text);
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+        let err = ApiKeys::from_file(&dir.path().join("missing")).expect_err("missing");
+        assert!(err.contains("cannot read the API keys file"), "{err}");
+        assert!(ApiKeys::client("short").is_err());
+    }
+}

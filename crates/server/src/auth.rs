@@ -1,0 +1,63 @@
+//! API keys in the server processes (the keys themselves: `shoal_proto::auth`): the check on
+//! the Feast HTTP routes, and the task that reads the keys file again so a rotated Kubernetes
+//! Secret takes effect without a restart.
+
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use shoal_proto::auth::ApiKeys;
+use tokio::sync::watch;
+
+/// axum middleware: refuses a request without an accepted `authorization: Bearer` key with 401
+/// and Feast's error body.
+pub async fn require_key(State(keys): State<ApiKeys>, request: Request, next: Next) -> Response {
+    match keys.check(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(rejected) => (
+            StatusCode::UNAUTHORIZED,
+            [
+                (header::WWW_AUTHENTICATE, "Bearer"),
+                (header::CONTENT_TYPE, "application/json"),
+            ],
+            json!({ "detail": rejected.message() }).to_string(),
+        )
+            .into_response(),
+    }
+}
+
+/// Reads the keys file every `every` until `stop`; logs changes and errors (on an error the
+/// keys in use stay).
+pub fn spawn_reloader(keys: ApiKeys, every: Duration, mut stop: watch::Receiver<bool>) {
+    if !keys.required() {
+        tracing::warn!(
+            "no security.api_keys_file: every client that reaches this process can read and \
+             write; set one outside a private network"
+        );
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            // A small file, but still file I/O: off the async workers.
+            let reloaded = {
+                let keys = keys.clone();
+                tokio::task::spawn_blocking(move || keys.reload()).await
+            };
+            match reloaded {
+                Ok(Ok(true)) => tracing::info!("API keys file changed; new keys in use"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot reload API keys; keeping the old ones")
+                }
+                Err(e) => tracing::error!(error = %e, "API key reload task failed"),
+            }
+        }
+    });
+}

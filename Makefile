@@ -27,7 +27,7 @@ CARGO ?= cargo
 # shoal-sidecar is a workspace of its own (docs/adr/0008-inference-sidecar.md).
 SIDECAR := --manifest-path crates/sidecar/Cargo.toml
 
-.PHONY: help setup build data lint test demo bench bench-cluster bench-shards bench-features bench-filter bench-sidecar bench-text images image-check clean-data feast-venv model sidecar-venv helm k8s-venv chart-check
+.PHONY: help setup build data lint test demo bench bench-cluster bench-shards bench-features bench-filter bench-sidecar bench-text bench-handoff images image-check clean-data feast-venv model sidecar-venv helm k8s-venv chart-check
 
 help:
 	@echo "make setup       install missing apt packages (as root), check CPU and Rust"
@@ -46,6 +46,7 @@ help:
 	@echo "make bench-shards   setup, build, data, then scripts/bench-shards.sh (1/2/4/8 shards on one node, 3 nodes R=1/R=3, FAISS)"
 	@echo "make bench-features setup, build, then scripts/bench-features.sh (get_online_features latency, gRPC and HTTP)"
 	@echo "make bench-filter   setup, build, data, then scripts/bench-filter.sh (filtered search QPS and recall at 1/10/50%)"
+	@echo "make bench-handoff  setup, build, then scripts/bench-handoff.sh (write outage when a leader's node stops)"
 	@echo "make bench-sidecar  setup, build, model, venv, then scripts/bench-sidecar.sh (texts/s and latency, batching on/off)"
 	@echo "make bench-text     setup, build, model, then scripts/bench-text.sh (text upserts and text search through node + sidecar)"
 	@echo "make images      container images shoal and shoal-sidecar from the built binaries (deploy/)"
@@ -145,6 +146,9 @@ bench-sidecar: setup build model sidecar-venv
 
 bench-text: setup build model
 	bash scripts/bench-text.sh
+
+bench-handoff: setup build
+	bash scripts/bench-handoff.sh
 
 clean-data:
 	rm -rf data

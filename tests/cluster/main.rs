@@ -374,6 +374,108 @@ async fn killing_the_leader_mid_load_loses_no_acknowledged_write_on_any_replica(
     );
 }
 
+/// SIGTERM, as Kubernetes stops a pod: the node hands the leadership of every group it leads
+/// (the collection's, and the meta group's if it has it) to the most caught-up other replica
+/// before it stops serving. Under a write load through the other nodes, its log names each
+/// group and successor, the successor leads the collection afterwards, and every acknowledged
+/// write is on both remaining replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_leader_hands_its_groups_to_a_caught_up_replica() {
+    let mut cluster = Cluster::start(3);
+    create(&cluster, "handoff", 3);
+    let leader = cluster.leader("handoff").await;
+    let status = cluster.try_status().await.unwrap();
+    let led: Vec<u64> = status
+        .groups
+        .iter()
+        .filter(|g| g.leader == leader)
+        .map(|g| g.group)
+        .collect();
+    let collection_group = group(&status, "handoff").unwrap().group;
+    let others: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    let clients: Vec<_> = others
+        .iter()
+        .map(|id| cluster.node(*id).points_lazy())
+        .collect();
+    let (load, writers) = Load::start("handoff", &clients);
+    load.wait_for_acks(PHASE_ACKS, "before the stop").await;
+
+    assert_eq!(
+        cluster.terminate(leader),
+        Some(0),
+        "{}",
+        cluster.node(leader).log()
+    );
+    load.wait_for_acks(PHASE_ACKS, "after the stop").await;
+    let batches = load.stop(writers).await;
+
+    let log = cluster.node(leader).log();
+    let mut successors = BTreeMap::new();
+    for group in &led {
+        let line = log
+            .lines()
+            .find(|l| l.contains("handed off leadership") && l.contains(&format!("group={group} ")))
+            .unwrap_or_else(|| {
+                panic!("no hand-off of group {group} in node {leader}'s log:\n{log}")
+            });
+        let to: u64 = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("to="))
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("no successor in {line:?}"));
+        assert!(others.contains(&to), "group {group} handed to {to}: {line}");
+        successors.insert(*group, to);
+    }
+    assert_eq!(
+        cluster.leader("handoff").await,
+        successors[&collection_group],
+        "the successor keeps the collection's leadership"
+    );
+
+    let ids: Vec<u64> = batches
+        .iter()
+        .filter(|b| b.acked)
+        .flat_map(Batch::ids)
+        .collect();
+    for id in &others {
+        // A follower applies what the leader acknowledged a moment later.
+        let deadline = Deadline::new(
+            format!("node {id} to hold every acknowledged point"),
+            SETTLE,
+        );
+        loop {
+            let got = replica_points(cluster.node(*id), "handoff", &ids).await;
+            if got.len() == ids.len() {
+                break;
+            }
+            deadline.pause(&(got.len(), ids.len())).await;
+        }
+    }
+    // Writes refused while the leadership moves are UNAVAILABLE (retry), nothing else.
+    let failures = load.failures();
+    assert!(
+        failures.iter().all(|f| f.code == Code::Unavailable
+            || (!f.from_node && matches!(f.code, Code::Unknown | Code::Cancelled))),
+        "writes failed for other reasons than unavailability: {failures:#?}"
+    );
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for f in failures {
+        *kinds
+            .entry(format!("{:?}: {}", f.code, f.message))
+            .or_default() += 1;
+    }
+    eprintln!(
+        "node {leader} handed off {successors:?}; {} of {} batches acknowledged; failures: \
+         {kinds:#?}",
+        ids.len() as u64 / BATCH,
+        batches.len(),
+    );
+}
+
 /// A node forwarding a write whose connection to the leader breaks cannot know the outcome;
 /// it says so with UNAVAILABLE, which clients retry, not with the transport's UNKNOWN (which
 /// it passed on before dd933e9).

@@ -203,6 +203,13 @@ impl Cluster {
         self.down.insert(id);
     }
 
+    /// SIGTERM to node `id`, as Kubernetes stops a pod; waits for the exit and returns its code.
+    pub fn terminate(&mut self, id: u64) -> Option<i32> {
+        let code = self.nodes.get_mut(&id).unwrap().terminate();
+        self.down.insert(id);
+        code
+    }
+
     /// Starts node `id` again on its data and ports (after [`Cluster::kill9`]) and waits until
     /// it is ready.
     pub fn restart(&mut self, id: u64) {

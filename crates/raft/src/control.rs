@@ -174,6 +174,12 @@ pub async fn read_index(raft: &Raft, group: GroupId) -> Result<u64> {
         })
 }
 
+/// Starts an election in the group on this node now (a voter that is not the leader), as a
+/// stopping leader asks its successor to: see `Cluster::hand_off_leadership`.
+pub async fn campaign(raft: &Raft, group: GroupId) -> Result<()> {
+    raft.trigger().elect().await.map_err(|e| fatal(group, &e))
+}
+
 /// Waits until this node has applied entry `index`, for at most `timeout`.
 pub async fn wait_applied(
     raft: &Raft,

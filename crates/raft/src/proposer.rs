@@ -2,6 +2,7 @@
 //! the commands that arrive while the previous entry is being committed into one log entry,
 //! and answers each once its entry is committed and applied.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,8 +52,12 @@ type Pending = (Command, oneshot::Sender<Result<Outcome>>);
 /// proposing task, which stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct Proposer {
+    group: GroupId,
     shard: Arc<ShardSlot>,
     tx: mpsc::Sender<Pending>,
+    /// Set when this node hands the group's leadership off before it stops: new writes are
+    /// refused, so the successor can hold the whole log when it is asked to take over.
+    handing_off: Arc<AtomicBool>,
 }
 
 impl Proposer {
@@ -66,14 +71,36 @@ impl Proposer {
         commit_timeout: Duration,
     ) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(propose(raft, group, shard.clone(), rx, commit_timeout));
-        Self { shard, tx }
+        let handing_off = Arc::new(AtomicBool::new(false));
+        tokio::spawn(propose(
+            raft,
+            group,
+            shard.clone(),
+            rx,
+            commit_timeout,
+            handing_off.clone(),
+        ));
+        Self {
+            group,
+            shard,
+            tx,
+            handing_off,
+        }
+    }
+
+    /// Refuses every write from now on (UNAVAILABLE, before it reaches the log), including
+    /// those queued and not yet proposed; the entry being committed is still answered.
+    pub fn hand_off(&self) {
+        self.handing_off.store(true, Ordering::Release);
     }
 
     /// Checks `cmd`, then commits it through the Raft log and applies it. An acknowledged
     /// write is in a committed entry, which on a single voter means its append was fsynced.
     /// The outcome's `sequence` is the shard sequence number the command was applied at.
     pub async fn submit(&self, cmd: Command) -> Result<Outcome> {
+        if self.handing_off.load(Ordering::Acquire) {
+            return Err(handing_off_error(self.group));
+        }
         let shard = self.shard.current();
         // Validation walks every vector: off the async workers. The check is stateless, so a
         // command that passes can still be rejected when applied (e.g. a missing collection).
@@ -98,6 +125,7 @@ async fn propose(
     shard: Arc<ShardSlot>,
     mut rx: mpsc::Receiver<Pending>,
     commit_timeout: Duration,
+    handing_off: Arc<AtomicBool>,
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     // A command received that did not fit the previous entry.
@@ -121,6 +149,12 @@ async fn propose(
             }
             bytes += size;
             batch.push(next);
+        }
+        if handing_off.load(Ordering::Acquire) {
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(handing_off_error(group)));
+            }
+            continue;
         }
         let (commands, replies): (Vec<Command>, Vec<_>) = batch.drain(..).unzip();
         let count = commands.len();
@@ -171,6 +205,16 @@ fn fail_stop(group: GroupId, fatal: &Fatal<NodeId>) -> ! {
     tracing::error!(group, error = %fatal, "raft group failed; stopping the node");
     eprintln!("fatal: raft group {group} failed: {fatal}");
     std::process::abort()
+}
+
+fn handing_off_error(group: GroupId) -> Error {
+    Error::new(
+        ErrorCode::Unavailable,
+        format!(
+            "raft group {group}'s leader is stopping and handing its leadership to another \
+             replica; retry"
+        ),
+    )
 }
 
 fn shutting_down() -> Error {

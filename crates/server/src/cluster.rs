@@ -1778,6 +1778,169 @@ impl Cluster {
     pub fn shards(&self) -> Vec<Arc<Shard>> {
         self.local_groups().iter().map(|l| l.shard()).collect()
     }
+
+    /// The Raft of group `group` on this node (the meta group's, or a local replica's).
+    fn raft_of(&self, group: GroupId) -> Option<Raft> {
+        if group == META_GROUP {
+            return Some(self.inner.meta.clone());
+        }
+        self.local_group(group).map(|local| local.raft.clone())
+    }
+
+    /// Starts an election in `group` here, as its stopping leader `from` asked.
+    pub async fn campaign(&self, group: GroupId, from: NodeId) -> Result<()> {
+        let raft = self.raft_of(group).ok_or_else(|| {
+            Error::not_found(format!(
+                "node {} holds no replica of group {group}",
+                self.id()
+            ))
+        })?;
+        let view = control::view(&raft);
+        if !view.voters.contains(&self.id()) {
+            return Err(Error::new(
+                ErrorCode::FailedPrecondition,
+                format!("node {} is not a voter of group {group}", self.id()),
+            ));
+        }
+        if view.leader == Some(self.id()) {
+            return Ok(());
+        }
+        tracing::info!(group, from, "taking over leadership from a stopping leader");
+        control::campaign(&raft, group).await
+    }
+
+    /// Before this node stops: hands the leadership of every group it leads to the most caught
+    /// up other voter, so that writes wait for one election round trip instead of an election
+    /// timeout after the leader is gone. openraft 0.9 has no leader transfer, so this node
+    /// stops campaigning in every group (it must not be elected again) and asks the successor
+    /// to start an election at once. The successor wins at once with this node's vote when
+    /// this node's own election is older than the leader lease (`election_timeout_max_ms`)
+    /// and the successor has its whole log; otherwise this node steps down on seeing the
+    /// successor's term, and the successor, asked again after the other voters' leases ran
+    /// out, wins then. Returns the groups whose leadership moved within `timeout`.
+    pub async fn hand_off_leadership(&self, timeout: Duration) -> Vec<GroupId> {
+        let mut groups: Vec<(GroupId, Raft)> = vec![(META_GROUP, self.inner.meta.clone())];
+        let locals = self.local_groups();
+        groups.extend(locals.iter().map(|l| (l.group, l.raft.clone())));
+        for (_, raft) in &groups {
+            raft.runtime_config().elect(false);
+        }
+        let led: Vec<(GroupId, Raft)> = groups
+            .into_iter()
+            .filter(|(_, raft)| {
+                let view = control::view(raft);
+                view.leader == Some(self.id()) && view.state == "leader" && view.voters.len() > 1
+            })
+            .collect();
+        // No new entries from here on, so the successors can have the whole log when asked.
+        // (The meta group's rare writes are not fenced: a successor that lacks one loses the
+        // first election and wins the next.)
+        for local in &locals {
+            if led.iter().any(|(group, _)| *group == local.group) {
+                local.proposer.hand_off();
+            }
+        }
+        let handed = futures::future::join_all(led.into_iter().map(|(group, raft)| async move {
+            self.hand_off(group, &raft, timeout).await.then_some(group)
+        }))
+        .await;
+        handed.into_iter().flatten().collect()
+    }
+
+    async fn hand_off(&self, group: GroupId, raft: &Raft, timeout: Duration) -> bool {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let me = self.id();
+        let config = self.inner.raft.config();
+        // The wait between requests: the other voters' leader lease, plus the longest election.
+        let patience = Duration::from_millis(2 * config.election_timeout_max_ms);
+        // Chosen while this node still leads (only a leader knows how far each voter got),
+        // then asked again until it, or another voter, leads.
+        let Some((successor, addr)) = successor(&control::view(raft), me) else {
+            return false;
+        };
+        let mut asked = false;
+        while Instant::now() < deadline {
+            let view = control::view(raft);
+            if let Some(leader) = view.leader.filter(|l| *l != me) {
+                tracing::info!(
+                    group,
+                    to = leader,
+                    asked = successor,
+                    term = view.term,
+                    ms = started.elapsed().as_millis() as u64,
+                    "handed off leadership"
+                );
+                return true;
+            }
+            if view.state == "leader" && !asked {
+                // Give the successor a moment to receive the last entries first.
+                let wait = Duration::from_millis(config.election_timeout_min_ms);
+                let _ = raft
+                    .wait(Some(
+                        wait.min(deadline.saturating_duration_since(Instant::now())),
+                    ))
+                    .metrics(
+                        |m| {
+                            m.replication.as_ref().is_some_and(|r| {
+                                r.get(&successor)
+                                    .is_some_and(|l| l.map(|l| l.index) >= m.last_log_index)
+                            })
+                        },
+                        "the successor to catch up",
+                    )
+                    .await;
+            }
+            match self.ask_to_campaign(group, &addr).await {
+                Ok(()) => asked = true,
+                Err(e) => {
+                    tracing::debug!(group, successor, error = %e, "successor did not campaign")
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = raft
+                .wait(Some(patience.min(left)))
+                .metrics(
+                    |m| m.current_leader.is_some_and(|l| l != me),
+                    "a new leader",
+                )
+                .await;
+        }
+        tracing::warn!(
+            group,
+            "could not hand off leadership in time; the group elects a leader once this node is gone"
+        );
+        false
+    }
+
+    async fn ask_to_campaign(&self, group: GroupId, addr: &str) -> std::result::Result<(), String> {
+        let channel = self.channel(addr).map_err(|e| e.to_string())?;
+        let mut call = tonic::Request::new(internal::CampaignRequest {
+            group,
+            from: self.id(),
+        });
+        call.set_timeout(Duration::from_secs(1));
+        NodeServiceClient::new(channel)
+            .campaign(call)
+            .await
+            .map(|_| ())
+            .map_err(|s| s.message().to_owned())
+    }
+}
+
+/// The voter other than `me` with the most of the leader's log (ties: the lowest id), and its
+/// address.
+fn successor(view: &GroupView, me: NodeId) -> Option<(NodeId, String)> {
+    view.voters
+        .iter()
+        .filter(|n| **n != me)
+        .max_by_key(|n| {
+            (
+                view.matched.get(n).copied().unwrap_or(0),
+                std::cmp::Reverse(**n),
+            )
+        })
+        .and_then(|n| Some((*n, view.addresses.get(n)?.clone())))
 }
 
 /// How long a new replica's node may not answer before its catch-up is abandoned.

@@ -340,6 +340,18 @@ impl NodeService for ClusterApi {
         Ok(Response::new(internal::FenceGroupResponse {}))
     }
 
+    async fn campaign(
+        &self,
+        request: Request<internal::CampaignRequest>,
+    ) -> Result<Response<internal::CampaignResponse>, Status> {
+        let req = request.into_inner();
+        self.cluster
+            .campaign(req.group, req.from)
+            .await
+            .map_err(status_from_error)?;
+        Ok(Response::new(internal::CampaignResponse {}))
+    }
+
     async fn shard_map(
         &self,
         _request: Request<internal::ShardMapRequest>,

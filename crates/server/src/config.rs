@@ -36,6 +36,10 @@ pub struct NodeConfig {
     pub http: SocketAddr,
     /// How long SIGTERM waits for in-flight requests, in seconds.
     pub shutdown_grace_secs: u64,
+    /// On SIGTERM, how long the node tries to hand the leadership of its Raft groups to other
+    /// replicas before it stops serving, in milliseconds; 0: no hand-off (the groups elect
+    /// new leaders after their election timeout).
+    pub handoff_timeout_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -45,6 +49,7 @@ impl Default for NodeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7600)),
             http: SocketAddr::from(([127, 0, 0, 1], 7680)),
             shutdown_grace_secs: 20,
+            handoff_timeout_ms: 5000,
         }
     }
 }

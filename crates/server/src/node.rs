@@ -186,12 +186,20 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
         }
         () = shutdown_signal() => {}
     }
-    tracing::info!("shutting down: draining requests");
+    tracing::info!("shutting down: handing off leadership, then draining requests");
     ready.store(false, Ordering::Release);
     health.set_not_serving::<PointServiceServer<Api>>().await;
     health
         .set_not_serving::<CollectionServiceServer<Api>>()
         .await;
+    // While the servers still run: the successors' vote requests and heartbeats reach this
+    // node, and requests that arrive meanwhile are forwarded to the new leaders.
+    if config.node.handoff_timeout_ms > 0 {
+        let handed = cluster
+            .hand_off_leadership(Duration::from_millis(config.node.handoff_timeout_ms))
+            .await;
+        tracing::info!(groups = ?handed, "leadership handed off");
+    }
     let _ = stop_tx.send(true);
     let grace = Duration::from_secs(config.node.shutdown_grace_secs);
     match tokio::time::timeout(grace, &mut grpc).await {

@@ -185,7 +185,7 @@ print(s["group"], s["status"]["leader"] or "")' <<<"$shard") && [[ -n $leader ]]
   local line campaigned
   line=$(grep -a "handed off leadership" "$OUT/node$leader.log" | grep -a -E "group=$group( |$)" |
     tail -1 || true)
-  campaigned=$(grep -a -l -E "taking over leadership.* group=$group( |$)" "$OUT"/node*.log 2>/dev/null |
+  campaigned=$(grep -a -l -E "campaigning: the group.s stopping leader asked.* group=$group( |$)" "$OUT"/node*.log 2>/dev/null |
     sed -E 's/.*node([0-9]+)\.log/\1/' | paste -sd, || true)
   local result
   result=$(analyse "$csv" "$t0" "$exited" "$line")
@@ -207,7 +207,7 @@ print(f"bench: {r['mode']:7} rep {r['rep']}: leader node {r['leader']} (group {r
       f"longest gap {f(r['longest_gap_ms'])} ms, node exited after {r['exit_ms']} ms, "
       f"{r['failed_after_t0']} failed writes ({r['timed_out']} timed out), "
       f"hand-off ms={f(r['handoff_ms'])} asked={f(r['handoff_asked'])} to={f(r['handoff_to'])}, "
-      f"campaigned (logged `taking over`): node {f(r['campaigned'])}"
+      f"campaigned (logged `campaigning`): node {f(r['campaigned'])}"
       + (" (hand-off GAVE UP)" if r["gave_up"] else ""))
 EOF
 }

@@ -18,7 +18,13 @@
 #      volumeClaimTemplates exactly when persistence.enabled (and no PersistentVolumeClaim
 #      when it is off), and a ServiceMonitor when metrics are on and the operator's API is
 #      offered, none when metrics are off. These renderings have API keys off: no Secret, no
-#      secret volume, no [security] in any config.
+#      secret volume, no [security] in any config. They have the default NetworkPolicies
+#      (networkPolicy.enabled, allowExternal): every workload's pods (StatefulSet, router
+#      Deployment) must be selected by a NetworkPolicy with policyType Ingress, every port of
+#      their containers must admit any source, and the policies, evaluated as a CNI would, must
+#      let every such pod reach the node pods' gRPC port (ingress and, where restricted, egress;
+#      Raft and the routers' calls), and allow DNS (port 53, UDP and TCP) where egress is
+#      restricted.
 #   3. Renders 3 nodes with the router, for each Kubernetes version above and each auth setting
 #        off | auth.apiKeys (the chart's Secret) | auth.existingSecret with secretKey keys.txt
 #      validated as in 2. For every workload (StatefulSet, router Deployment) the file named by
@@ -26,23 +32,31 @@
 #      auth on, hold security.api_keys_file = /etc/shoal-auth/SECRETKEY; that container must
 #      mount the Secret there read-only, as a directory (a subPath mount would not see a
 #      rotation), with mode 0440 (the pod's fsGroup reads it), and the sidecar must not. The
-#      chart's Secret holds the keys one per line; with existingSecret no Secret renders.
-#   4. Checks that `helm template` refuses, with the expected message: an even replicaCount
+#      chart's Secret holds the keys one per line; with existingSecret no Secret renders. The
+#      NetworkPolicies are checked as in 2.
+#   4. Renders 3 nodes with the router for each Kubernetes version above, validated as in 2:
+#      with networkPolicy.enabled=false, where no NetworkPolicy may render; and locked down
+#      (allowExternal=false, clients, metricsFrom, egress.enabled with an extra rule, the
+#      ServiceMonitor on), where the checks of 2 hold but that of open ports, and no ingress
+#      rule may admit every source. Once more on 1.31.0, locked down with no clients and the
+#      sidecar off (the routers' policy then admits nobody).
+#   5. Checks that `helm template` refuses, with the expected message: an even replicaCount
 #      (2, 4: the chart refuses an even number of Raft voters), emptyDir volumes for 3 nodes,
 #      and API keys on with no keys, with both existingSecret and apiKeys, with a key shorter
 #      than 16 characters (by the schema, and by the templates when the schema is skipped),
-#      with whitespace in a key, and with a key starting with '#' (a comment in the keys file).
-#   5. When checkov is installed (.venv-k8s, `make k8s-venv`), scans two renderings, the
+#      with whitespace in a key, with a key starting with '#' (a comment in the keys file), and
+#      a misspelled NetworkPolicy peer in networkPolicy.clients (by the schema).
+#   6. When checkov is installed (.venv-k8s, `make k8s-venv`), scans two renderings, the
 #      default values and one with API keys (chart's Secret) and the router on (namespace
 #      "shoal": the release namespace is the installer's choice), with checkov's Kubernetes
 #      checks. Accepted findings are skipped through helm/checkov-skips.txt: one check id per
 #      line (e.g. CKV_K8S_43), with the reason for accepting it in a `#` comment on that line
 #      or above it; blank lines are ignored.
-#   6. Checks that deploy/kubernetes/shoal.yaml, the plain manifests, is what
+#   7. Checks that deploy/kubernetes/shoal.yaml, the plain manifests, is what
 #      scripts/render-manifests.sh renders from the chart now (API keys on, from the Secret
 #      shoal-api-keys that the user creates), that it passes the checks of 3 on Kubernetes
 #      1.31.0, and that deploy/kubernetes/namespace.yaml is valid.
-#   7. When kubectl is installed, checks that `kubectl kustomize deploy/kubernetes` builds
+#   8. When kubectl is installed, checks that `kubectl kustomize deploy/kubernetes` builds
 #      (offline) and that its output is valid on Kubernetes 1.31.0.
 #
 # Prints one line per check and a closing "N passed, N failed" line; exits non-zero when any
@@ -112,10 +126,13 @@ fail() {
 # Checks the rendering in $1 (see the header): check_rendering FILE REPLICAS PERSISTENCE
 # SERVICEMONITOR AUTH [SECRET SECRETKEY [KEY...]], where SERVICEMONITOR is "yes", "no" or "any",
 # AUTH is "off", "chart" (the chart makes Secret SECRET holding the KEYs under SECRETKEY) or
-# "existing" (the user's Secret SECRET). Prints what is wrong.
+# "existing" (the user's Secret SECRET). NETWORK_POLICY in the environment says what the
+# NetworkPolicies must do: "open" (the default: networkPolicy.allowExternal=true), "closed"
+# (allowExternal=false) or "off" (none rendered). Prints what is wrong.
 check_rendering() {
-  "$PYTHON" - "$@" <<'PY'
+  NETWORK_POLICY=${NETWORK_POLICY:-open} "$PYTHON" - "$@" <<'PY'
 import base64
+import os
 import posixpath
 import re
 import sys
@@ -229,6 +246,122 @@ for w in workloads:
             errors.append(f"{name}: container {c['name']} mounts the API keys too")
 if auth != "off" and not workloads:
     errors.append("no workload in the rendering")
+
+# NetworkPolicies, evaluated as a CNI would for pods of the release's namespace. A peer with a
+# namespaceSelector or an ipBlock is taken to match none of them (their namespace's labels are
+# unknown here), which can only make a required connection fail, never pass.
+network_policy = os.environ["NETWORK_POLICY"]
+policies = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+
+def namespace(doc):
+    return (doc.get("metadata") or {}).get("namespace")
+
+def selects(selector, labels):
+    if selector is None:
+        return False
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        if ((op == "In" and labels.get(key) not in values)
+                or (op == "NotIn" and key in labels and labels[key] in values)
+                or (op == "Exists" and key not in labels)
+                or (op == "DoesNotExist" and key in labels)):
+            return False
+    return True
+
+def policy_types(policy):
+    spec = policy.get("spec") or {}
+    return spec.get("policyTypes") or (["Ingress"] + (["Egress"] if "egress" in spec else []))
+
+def port_allowed(rule, port, protocol, names):
+    ports = rule.get("ports")
+    if not ports:
+        return True
+    for p in ports:
+        if p.get("protocol", "TCP") != protocol:
+            continue
+        number = names.get(p["port"]) if isinstance(p.get("port"), str) else p.get("port")
+        if number is None and "port" not in p:
+            return True
+        if number is not None and number <= port <= p.get("endPort", number):
+            return True
+    return False
+
+def allowed(direction, pod, ns, peer_labels, port, protocol, names):
+    """Whether pod (labels) admits, for direction Ingress, or may make, for Egress, a connection
+    with a pod of labels peer_labels in the same namespace on port/protocol; names maps the
+    target pod's port names to numbers."""
+    field, peers_field = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    applying = [p for p in policies if namespace(p) == ns
+                and selects((p.get("spec") or {}).get("podSelector"), pod)
+                and direction in policy_types(p)]
+    if not applying:
+        return True
+    for p in applying:
+        for rule in p["spec"].get(field) or []:
+            peers = rule.get(peers_field)
+            from_peer = not peers or any(
+                "podSelector" in q and "namespaceSelector" not in q and "ipBlock" not in q
+                and selects(q["podSelector"], peer_labels) for q in peers)
+            if from_peer and port_allowed(rule, port, protocol, names):
+                return True
+    return False
+
+def pod_ports(w):
+    pod = w["spec"]["template"]["spec"]
+    ports = [(c.get("name"), c["containerPort"], c.get("protocol", "TCP"))
+             for ct in pod["containers"] for c in ct.get("ports") or []]
+    return ports, {name: number for name, number, _ in ports if name}
+
+if network_policy == "off":
+    if policies:
+        errors.append(f"networkPolicy.enabled=false, but NetworkPolicies render: {[namespace(p) + '/' + p['metadata']['name'] for p in policies]}")
+else:
+    if not policies:
+        errors.append("networkPolicy.enabled=true, but no NetworkPolicy renders")
+    nodes = [w for w in workloads if w["kind"] == "StatefulSet"]
+    for w in workloads:
+        name = f"{w['kind']} {w['metadata']['name']}"
+        labels = w["spec"]["template"]["metadata"].get("labels") or {}
+        ns = namespace(w)
+        mine = [p for p in policies if namespace(p) == ns
+                and selects((p.get("spec") or {}).get("podSelector"), labels)]
+        if not any("Ingress" in policy_types(p) for p in mine):
+            errors.append(f"{name}: its pods are selected by no NetworkPolicy with policyType Ingress")
+            continue
+        ports, names = pod_ports(w)
+        # Every pod (node or router) must reach every node's gRPC port: Raft and forwarding
+        # between nodes, the routers' calls.
+        for node in nodes:
+            node_labels = node["spec"]["template"]["metadata"].get("labels") or {}
+            node_ports, node_names = pod_ports(node)
+            grpc = [n for pname, n, _ in node_ports if pname == "grpc"]
+            if not grpc:
+                errors.append(f"StatefulSet {node['metadata']['name']}: no port named grpc")
+                continue
+            if not allowed("Ingress", node_labels, ns, labels, grpc[0], "TCP", node_names):
+                errors.append(f"{name}: the NetworkPolicies keep its pods from node pods' gRPC port {grpc[0]} (ingress)")
+            if not allowed("Egress", labels, ns, node_labels, grpc[0], "TCP", node_names):
+                errors.append(f"{name}: the NetworkPolicies keep its pods from node pods' gRPC port {grpc[0]} (egress)")
+        if any("Egress" in policy_types(p) for p in mine):
+            dns = [r for p in mine for r in (p["spec"].get("egress") or []) if not r.get("to")]
+            for protocol in ("UDP", "TCP"):
+                if not any(port_allowed(r, 53, protocol, {}) for r in dns):
+                    errors.append(f"{name}: egress is restricted, but DNS (port 53/{protocol}) is not allowed to any address")
+        if network_policy == "open":
+            # allowExternal: every port of the pod takes any source.
+            open_rules = [r for p in mine if "Ingress" in policy_types(p)
+                          for r in p["spec"].get("ingress") or [] if not r.get("from")]
+            for pname, number, protocol in ports:
+                if not any(port_allowed(r, number, protocol, names) for r in open_rules):
+                    errors.append(f"{name}: port {pname or number} ({number}/{protocol}) is closed to clients, though allowExternal is on")
+    if network_policy == "closed":
+        for p in policies:
+            for i, rule in enumerate((p.get("spec") or {}).get("ingress") or []):
+                if not rule.get("from"):
+                    errors.append(f"NetworkPolicy {p['metadata']['name']}: ingress rule {i} admits every source, though allowExternal is off")
 for e in errors:
     print(e)
 sys.exit(1 if errors else 0)
@@ -329,7 +462,67 @@ for version in "${KUBE_VERSIONS[@]}"; do
   done
 done
 
-# 4. refused LABEL PATTERN ARG...: `helm template` with these arguments must fail with a message
+# 4. NetworkPolicies off, and locked down (allowExternal=false) with egress restricted.
+cat >"$work/locked.yaml" <<'YAML'
+router:
+  enabled: true
+metrics:
+  serviceMonitor:
+    enabled: true
+networkPolicy:
+  allowExternal: false
+  clients:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: my-app
+    - podSelector:
+        matchLabels:
+          app: feast
+  metricsFrom:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: monitoring
+      podSelector:
+        matchLabels:
+          app.kubernetes.io/name: prometheus
+  egress:
+    enabled: true
+    extra:
+      - to:
+          - ipBlock:
+              cidr: 10.0.5.0/24
+        ports:
+          - port: 8001
+            protocol: TCP
+YAML
+# network_policy_rendering LABEL VERSION MODE MONITOR ARG...: renders 3 nodes with ARGs,
+# validates on VERSION and checks it with NETWORK_POLICY=MODE.
+network_policy_rendering() {
+  local label=$1 version=$2 mode=$3 monitor=$4
+  shift 4
+  local rendering=$work/rendering.yaml details=$work/details.txt
+  if ! "$HELM" template shoal "$CHART" --kube-version "$version" --set replicaCount=3 "$@" \
+    >"$rendering" 2>"$details"; then
+    fail "$label: helm template failed" "$details"
+  elif ! validate "$rendering" "$version" >"$details" 2>&1; then
+    fail "$label: kubernetes-validate" "$details"
+  elif ! NETWORK_POLICY=$mode check_rendering "$rendering" 3 true "$monitor" off >"$details" 2>&1; then
+    fail "$label: rendering" "$details"
+  else
+    pass "$label"
+  fi
+}
+for version in "${KUBE_VERSIONS[@]}"; do
+  network_policy_rendering "$(printf 'k8s %-6s replicas=3 router=true networkPolicy=off' "$version")" \
+    "$version" off no --set router.enabled=true --set networkPolicy.enabled=false
+  network_policy_rendering "$(printf 'k8s %-6s replicas=3 router=true networkPolicy=locked (clients, metricsFrom, egress) api-versions=%s' \
+    "$version" "$MONITORING_API")" "$version" closed yes -f "$work/locked.yaml" --api-versions "$MONITORING_API"
+done
+network_policy_rendering "k8s 1.31.0 replicas=3 router=true sidecar=false networkPolicy=locked (no clients)" \
+  1.31.0 closed no --set router.enabled=true --set sidecar.enabled=false \
+  --set networkPolicy.allowExternal=false
+
+# 5. refused LABEL PATTERN ARG...: `helm template` with these arguments must fail with a message
 # that matches the extended regular expression PATTERN.
 refused() {
   local label=$1 pattern=$2
@@ -362,7 +555,11 @@ refused "an API key with whitespace is refused" "auth.apiKeys\[1\] contains whit
   --set auth.enabled=true --set "auth.apiKeys={${TEST_KEYS[0]},0123456789 abcdef}"
 refused "an API key starting with '#' is refused" "auth.apiKeys\[0\] starts with '#'" \
   --set auth.enabled=true --set "auth.apiKeys={#${TEST_KEYS[0]}}"
+refused "a misspelled NetworkPolicy peer is refused by the schema" \
+  "networkPolicy.clients.0: Additional property podSelectors is not allowed" \
+  --set networkPolicy.allowExternal=false --set 'networkPolicy.clients[0].podSelectors.app=x'
 
+# 6. checkov, with the accepted skips.
 if [[ -x "$CHECKOV" ]]; then
   skips=()
   if [[ -f "$CHECKOV_SKIPS" ]]; then
@@ -389,7 +586,7 @@ else
   echo "skip  checkov: not installed at $CHECKOV (make k8s-venv)"
 fi
 
-# 6. The plain manifests (deploy/kubernetes) are what scripts/render-manifests.sh renders.
+# 7. The plain manifests (deploy/kubernetes) are what scripts/render-manifests.sh renders.
 label="deploy/kubernetes/shoal.yaml is scripts/render-manifests.sh's rendering"
 if ! HELM="$HELM" bash scripts/render-manifests.sh "$work/plain.yaml" 2>"$work/plain.txt"; then
   fail "$label: rendering failed" "$work/plain.txt"
@@ -414,7 +611,7 @@ else
   fail "deploy/kubernetes/namespace.yaml is valid" "$work/ns.txt"
 fi
 
-# 7. The kustomization builds offline.
+# 8. The kustomization builds offline.
 if [[ -n "$KUBECTL" && -x "$KUBECTL" ]]; then
   label="kubectl kustomize deploy/kubernetes builds a valid rendering"
   if ! "$KUBECTL" kustomize deploy/kubernetes >"$work/kustomized.yaml" 2>"$work/kustomize.txt"; then

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shoal_proto::auth::ApiKeys;
+use shoal_proto::internal::v1 as internal;
+use shoal_proto::internal::v1::node_service_client::NodeServiceClient;
+use shoal_proto::internal::v1::raft_service_client::RaftServiceClient;
 use shoal_proto::v1::point_service_client::PointServiceClient;
 use shoal_proto::v1::{self};
 use shoal_tests::cluster::Cluster;
@@ -87,11 +90,13 @@ fn feast_status(http: SocketAddr, key: Option<&str>) -> u16 {
 struct Router {
     grpc: SocketAddr,
     child: Child,
+    log: tempfile::NamedTempFile,
 }
 
 impl Router {
     fn start(seed: &str, env: &[(&str, &str)]) -> Self {
         let (grpc, http) = (free_addr(), free_addr());
+        let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(bin("shoal"))
             .args([
                 "router",
@@ -102,11 +107,12 @@ impl Router {
             ])
             .args(["--join", seed])
             .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
-        let mut router = Router { grpc, child };
+        let mut router = Router { grpc, child, log };
         poll("the router to be ready", SETTLE, || {
             assert!(
                 router.child.try_wait().unwrap().is_none(),
@@ -115,6 +121,12 @@ impl Router {
             matches!(http_get(http, "/readyz"), Some((200, _))).then_some(())
         });
         router
+    }
+}
+
+impl Router {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 }
 
@@ -209,6 +221,27 @@ async fn keys_guard_a_cluster_and_its_router_and_rotate_without_a_restart() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 
+    // The internal services share the port and the check: no joining, no shard map, no Raft
+    // message without a key.
+    let status = NodeServiceClient::new(one.channel())
+        .shard_map(internal::ShardMapRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = NodeServiceClient::new(one.channel())
+        .join(internal::JoinRequest {
+            node_id: 9,
+            address: "127.0.0.1:1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = RaftServiceClient::new(one.channel())
+        .vote(internal::VoteRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
     // Open without a key: gRPC health (Kubernetes' gRPC probes) and the HTTP probes.
     let health = HealthClient::new(one.channel())
         .check(HealthCheckRequest {
@@ -239,44 +272,73 @@ async fn keys_guard_a_cluster_and_its_router_and_rotate_without_a_restart() {
     );
     assert_eq!(hits[0][0]["id"], 42, "{hits}");
 
-    // Rotation, as an operator does it with the Secret: add the new key, make it the one
-    // processes send, then drop the old one. No process restarts.
-    write_keys(&keys_file, &[NEW_KEY, OLD_KEY]);
+    // Rotation, as docs/operations.md tells an operator to do it with the Secret, in three
+    // steps, each awaited on every process (its log says it reloaded), with writes through the
+    // router and forwarded between nodes succeeding after each: no process ever refuses
+    // another's key. No process restarts.
+    let logs = |n: usize| {
+        let reloaded = |log: String| log.matches("API keys file changed").count() >= n;
+        [1, 2, 3].iter().all(|id| reloaded(cluster.node(*id).log())) && reloaded(router.log())
+    };
+    let upsert_through = |addr: SocketAddr, key: &str, start: u64| {
+        let start = start.to_string();
+        let npy = npy.to_str().unwrap();
+        json_ok(
+            addr,
+            key,
+            &[
+                "points",
+                "upsert",
+                "docs",
+                "--file",
+                npy,
+                "--id-start",
+                &start,
+            ],
+        );
+    };
+    // 1. The new key second: accepted everywhere, the old one still sent.
+    write_keys(&keys_file, &[OLD_KEY, NEW_KEY]);
+    poll("every process to load the new key", SETTLE, || {
+        logs(1).then_some(())
+    });
     for addr in [one.grpc, two.grpc, cluster.node(3).grpc, router.grpc] {
-        poll("the new key to be accepted", SETTLE, || {
-            shoalctl(addr, Some(NEW_KEY), &["collection", "list"])
-                .status
-                .success()
-                .then_some(())
-        });
+        json_ok(addr, NEW_KEY, &["collection", "list"]);
     }
+    upsert_through(router.grpc, OLD_KEY, 300);
+    // 2. The new key first: every process sends it; clients move to it.
+    write_keys(&keys_file, &[NEW_KEY, OLD_KEY]);
+    poll("every process to send the new key", SETTLE, || {
+        logs(2).then_some(())
+    });
+    upsert_through(two.grpc, NEW_KEY, 600);
+    // 3. The old key removed.
     write_keys(&keys_file, &[NEW_KEY]);
+    poll("every process to drop the old key", SETTLE, || {
+        logs(3).then_some(())
+    });
     for addr in [one.grpc, two.grpc, cluster.node(3).grpc, router.grpc] {
-        poll("the old key to be refused", SETTLE, || {
-            let out = shoalctl(addr, Some(OLD_KEY), &["collection", "list"]);
-            (!out.status.success()).then_some(())
-        });
         refused(addr, Some(OLD_KEY), "not accepted");
     }
-    // The nodes now talk to each other with the new key: writes replicate, searches fan out.
-    json_ok(
-        router.grpc,
-        NEW_KEY,
-        &[
-            "points",
-            "upsert",
-            "docs",
-            "--file",
-            npy.to_str().unwrap(),
-            "--id-start",
-            "300",
-        ],
-    );
+    // The nodes now talk to each other with the new key only: writes replicate, searches fan
+    // out.
+    upsert_through(router.grpc, NEW_KEY, 900);
     for node in [one, two, cluster.node(3)] {
         poll("every node to count the new points", SETTLE, || {
             let described = json_ok(node.grpc, NEW_KEY, &["collection", "describe", "docs"]);
-            (described["points"] == 600).then_some(())
+            (described["points"] == 1200).then_some(())
         });
+    }
+    // The counts an operator watches during a rotation.
+    let (_, metrics) = http_get(one.http, "/metrics").unwrap();
+    for result in [
+        "accepted_first_key",
+        "accepted_other_key",
+        "missing",
+        "wrong",
+    ] {
+        let line = format!("shoal_auth_requests_total{{result=\"{result}\"}}");
+        assert!(metrics.contains(&line), "no {line} in\n{metrics}");
     }
 
     // A keys file emptied by mistake keeps the keys in use (and says so in the log).

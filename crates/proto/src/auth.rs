@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
@@ -52,6 +53,29 @@ struct Inner {
     /// `None`: the open mode (no keys file).
     path: Option<PathBuf>,
     loaded: RwLock<Arc<Loaded>>,
+    counts: Counts,
+}
+
+/// Checks since start, by outcome.
+#[derive(Default)]
+struct Counts {
+    accepted_first: AtomicU64,
+    accepted_other: AtomicU64,
+    missing: AtomicU64,
+    malformed: AtomicU64,
+    wrong: AtomicU64,
+}
+
+/// How many requests [`ApiKeys::check`] accepted and refused since the process started.
+/// During a rotation, `accepted_other` (a key other than the file's first) stops growing once
+/// every client and process sends the new key: then the old one can go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub accepted_first: u64,
+    pub accepted_other: u64,
+    pub missing: u64,
+    pub malformed: u64,
+    pub wrong: u64,
 }
 
 #[derive(Default, PartialEq)]
@@ -83,6 +107,7 @@ impl ApiKeys {
             inner: Arc::new(Inner {
                 path: Some(path.to_owned()),
                 loaded: RwLock::new(Arc::new(loaded)),
+                counts: Counts::default(),
             }),
         })
     }
@@ -94,6 +119,7 @@ impl ApiKeys {
             inner: Arc::new(Inner {
                 path: None,
                 loaded: RwLock::new(Arc::new(loaded)),
+                counts: Counts::default(),
             }),
         })
     }
@@ -136,6 +162,21 @@ impl ApiKeys {
         if !self.required() {
             return Ok(());
         }
+        let verdict = self.verdict(headers);
+        let counts = &self.inner.counts;
+        let counter = match verdict {
+            Ok(0) => &counts.accepted_first,
+            Ok(_) => &counts.accepted_other,
+            Err(Rejected::Missing) => &counts.missing,
+            Err(Rejected::Malformed) => &counts.malformed,
+            Err(Rejected::Wrong) => &counts.wrong,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        verdict.map(|_| ())
+    }
+
+    /// The position in the file of the key a request carries.
+    fn verdict(&self, headers: &HeaderMap) -> Result<usize, Rejected> {
         let Some(value) = headers.get(AUTHORIZATION) else {
             return Err(Rejected::Missing);
         };
@@ -148,16 +189,31 @@ impl ApiKeys {
             })
             .map(str::trim)
             .ok_or(Rejected::Malformed)?;
-        // Every key is compared, in constant time each, so the time taken does not tell which
-        // key (or how much of one) matched.
+        // Every key is compared, each with a comparison whose time does not depend on where
+        // the bytes differ, so the time taken does not tell how much of a key matched.
         let loaded = self.loaded();
-        let matched = loaded.accepted.iter().fold(false, |found, key| {
-            found | constant_time_eq::constant_time_eq(key.as_bytes(), presented.as_bytes())
-        });
-        if matched {
-            Ok(())
-        } else {
-            Err(Rejected::Wrong)
+        let matched = loaded
+            .accepted
+            .iter()
+            .enumerate()
+            .fold(None, |found, (position, key)| {
+                let equal =
+                    constant_time_eq::constant_time_eq(key.as_bytes(), presented.as_bytes());
+                found.or(equal.then_some(position))
+            });
+        matched.ok_or(Rejected::Wrong)
+    }
+
+    /// The checks since the process started (all zero in the open mode).
+    pub fn tally(&self) -> Tally {
+        let counts = &self.inner.counts;
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Tally {
+            accepted_first: read(&counts.accepted_first),
+            accepted_other: read(&counts.accepted_other),
+            missing: read(&counts.missing),
+            malformed: read(&counts.malformed),
+            wrong: read(&counts.wrong),
         }
     }
 }
@@ -188,6 +244,26 @@ impl Rejected {
 impl From<Rejected> for Status {
     fn from(rejected: Rejected) -> Self {
         Status::unauthenticated(rejected.message())
+    }
+}
+
+/// A peer's UNAUTHENTICATED as this process reports it: the peer refused the key this
+/// process sends (keys files that differ, or a rotation done out of order), which is the
+/// cluster's problem, not the client's: UNAVAILABLE, with the peer named.
+pub fn refused_by_peer(peer: &str, status: &Status) -> Status {
+    Status::unavailable(format!(
+        "node {peer} refused this node's API key ({}): the processes' keys files differ, or a \
+         rotation removed a key some process still sends",
+        status.message()
+    ))
+}
+
+/// `status` from a call to `peer`, with UNAUTHENTICATED made [`refused_by_peer`].
+pub fn from_peer(peer: &str, status: Status) -> Status {
+    if status.code() == tonic::Code::Unauthenticated {
+        refused_by_peer(peer, &status)
+    } else {
+        status
     }
 }
 
@@ -351,6 +427,16 @@ mod tests {
             Err(Rejected::Malformed)
         );
         assert_eq!(keys.check(&HeaderMap::new()), Err(Rejected::Missing));
+        assert_eq!(
+            keys.tally(),
+            Tally {
+                accepted_first: 1,
+                accepted_other: 1,
+                missing: 1,
+                malformed: 1,
+                wrong: 1,
+            }
+        );
         let sent = keys.loaded().outgoing.clone().expect("outgoing");
         assert_eq!(sent.to_str().ok(), Some("Bearer new-key-0123456789"));
         assert!(sent.is_sensitive());

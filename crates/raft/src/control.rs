@@ -216,7 +216,7 @@ pub async fn wait_for_leader(raft: &Raft, group: GroupId, timeout: Duration) -> 
         .ok_or_else(|| Error::internal("a leader was reported and then was not"))
 }
 
-fn not_leader(group: GroupId, leader: Option<NodeId>) -> Error {
+pub(crate) fn not_leader(group: GroupId, leader: Option<NodeId>) -> Error {
     let leader = leader.map_or_else(
         || "no leader is known".to_owned(),
         |id| format!("node {id} leads it"),

@@ -53,6 +53,8 @@ type Pending = (Command, oneshot::Sender<Result<Outcome>>);
 #[derive(Clone)]
 pub struct Proposer {
     group: GroupId,
+    raft: Raft,
+    commit_timeout: Duration,
     shard: Arc<ShardSlot>,
     tx: mpsc::Sender<Pending>,
     /// Set when this node hands the group's leadership off before it stops: new writes are
@@ -73,7 +75,7 @@ impl Proposer {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let handing_off = Arc::new(AtomicBool::new(false));
         tokio::spawn(propose(
-            raft,
+            raft.clone(),
             group,
             shard.clone(),
             rx,
@@ -82,16 +84,24 @@ impl Proposer {
         ));
         Self {
             group,
+            raft,
+            commit_timeout,
             shard,
             tx,
             handing_off,
         }
     }
 
-    /// Refuses every write from now on (UNAVAILABLE, before it reaches the log), including
-    /// those queued and not yet proposed; the entry being committed is still answered.
+    /// Stops proposing, for a hand-off of the group's leadership: from now on a write (also
+    /// one queued and not yet proposed) waits for the next leader and is answered NOT_LEADER
+    /// naming it, so the node forwards it there; the entry being committed is still answered.
     pub fn hand_off(&self) {
         self.handing_off.store(true, Ordering::Release);
+    }
+
+    /// Proposes again: the hand-off did not happen (this node still leads).
+    pub fn resume(&self) {
+        self.handing_off.store(false, Ordering::Release);
     }
 
     /// Checks `cmd`, then commits it through the Raft log and applies it. An acknowledged
@@ -99,7 +109,7 @@ impl Proposer {
     /// The outcome's `sequence` is the shard sequence number the command was applied at.
     pub async fn submit(&self, cmd: Command) -> Result<Outcome> {
         if self.handing_off.load(Ordering::Acquire) {
-            return Err(handing_off_error(self.group));
+            return Err(next_leader(&self.raft, self.group, self.commit_timeout).await);
         }
         let shard = self.shard.current();
         // Validation walks every vector: off the async workers. The check is stateless, so a
@@ -151,8 +161,9 @@ async fn propose(
             batch.push(next);
         }
         if handing_off.load(Ordering::Acquire) {
+            let error = next_leader(&raft, group, commit_timeout).await;
             for (_, reply) in batch.drain(..) {
-                let _ = reply.send(Err(handing_off_error(group)));
+                let _ = reply.send(Err(error.clone()));
             }
             continue;
         }
@@ -207,14 +218,26 @@ fn fail_stop(group: GroupId, fatal: &Fatal<NodeId>) -> ! {
     std::process::abort()
 }
 
-fn handing_off_error(group: GroupId) -> Error {
-    Error::new(
-        ErrorCode::Unavailable,
-        format!(
-            "raft group {group}'s leader is stopping and handing its leadership to another \
-             replica; retry"
+/// For a write refused during a hand-off: NOT_LEADER naming the group's next leader once
+/// there is one (within `timeout`), else UNAVAILABLE.
+async fn next_leader(raft: &Raft, group: GroupId, timeout: Duration) -> Error {
+    let elected = raft
+        .wait(Some(timeout))
+        .metrics(
+            |m| m.current_leader.is_some_and(|leader| leader != m.id),
+            "the next leader",
+        )
+        .await;
+    match elected {
+        Ok(metrics) => crate::control::not_leader(group, metrics.current_leader),
+        Err(_) => Error::new(
+            ErrorCode::Unavailable,
+            format!(
+                "raft group {group}'s leader is stopping and handing its leadership to \
+                 another replica; retry"
+            ),
         ),
-    )
+    }
 }
 
 fn shutting_down() -> Error {

@@ -220,7 +220,7 @@ impl GrpcTransport {
                 }
                 Err(status) => {
                     tracing::debug!(%address, error = %status.message(), "no shard map from this node");
-                    last = status;
+                    last = auth::from_peer(&address, status);
                 }
             }
         }
@@ -239,7 +239,9 @@ impl Transport for GrpcTransport {
         timeout: Duration,
     ) -> Result<ShardReply, Status> {
         let channel = self.channels.get(address)?;
-        call(channel, shard, shard_call, timeout, self.max_message).await
+        call(channel, shard, shard_call, timeout, self.max_message)
+            .await
+            .map_err(|status| auth::from_peer(address, status))
     }
 
     async fn refresh(&self) -> Option<ShardMap> {

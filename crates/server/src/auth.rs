@@ -1,6 +1,6 @@
 //! API keys in the server processes (the keys themselves: `shoal_proto::auth`): the check on
-//! the Feast HTTP routes, and the task that reads the keys file again so a rotated Kubernetes
-//! Secret takes effect without a restart.
+//! the Feast HTTP routes, the task that reads the keys file again so a rotated Kubernetes
+//! Secret takes effect without a restart, and the checks' counts on `/metrics`.
 
 use std::time::Duration;
 
@@ -8,6 +8,9 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounterVec, Opts};
 use serde_json::json;
 use shoal_proto::auth::ApiKeys;
 use tokio::sync::watch;
@@ -60,4 +63,47 @@ pub fn spawn_reloader(keys: ApiKeys, every: Duration, mut stop: watch::Receiver<
             }
         }
     });
+}
+
+/// `shoal_auth_requests_total{result}` on `/metrics`, read from the keys' tally when
+/// Prometheus scrapes: `accepted_first_key`, `accepted_other_key` (during a rotation: calls
+/// that still carry a key other than the file's first; the old key can go once this stops
+/// growing on every process), `missing`, `malformed`, `wrong`.
+pub struct AuthMetrics {
+    keys: ApiKeys,
+    requests: IntCounterVec,
+}
+
+impl AuthMetrics {
+    pub fn new(keys: ApiKeys) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "shoal_auth_requests_total",
+                "Requests checked for an API key, by result",
+            ),
+            &["result"],
+        )?;
+        Ok(Self { keys, requests })
+    }
+}
+
+impl Collector for AuthMetrics {
+    fn desc(&self) -> Vec<&Desc> {
+        self.requests.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let tally = self.keys.tally();
+        self.requests.reset();
+        for (result, count) in [
+            ("accepted_first_key", tally.accepted_first),
+            ("accepted_other_key", tally.accepted_other),
+            ("missing", tally.missing),
+            ("malformed", tally.malformed),
+            ("wrong", tally.wrong),
+        ] {
+            self.requests.with_label_values(&[result]).inc_by(count);
+        }
+        self.requests.collect()
+    }
 }

@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -115,6 +116,8 @@ struct Inner {
     channels: Mutex<HashMap<String, AuthChannel>>,
     /// Sent with every call to another node.
     keys: ApiKeys,
+    /// Set when the node starts stopping (see [`Cluster::hand_off_leadership`]).
+    stopping: AtomicBool,
     env: ShardEnv,
     /// Repairs under way, so a slow one is not started twice.
     repairs: Mutex<HashSet<GroupId>>,
@@ -154,6 +157,7 @@ impl Cluster {
                 local: RwLock::default(),
                 channels: Mutex::default(),
                 keys,
+                stopping: AtomicBool::new(false),
                 env,
                 repairs: Mutex::default(),
                 last_member_sync: Mutex::default(),
@@ -514,6 +518,10 @@ impl Cluster {
     /// Opens this node's replica of `placement`'s group; a founder of a new group starts it
     /// with the founders as its voters (see below).
     async fn open_group(&self, collection: &Placement, shard: u32) -> Result<()> {
+        if self.stopping() {
+            // A group opened now would campaign and could be led by a node about to exit.
+            return Err(Error::new(ErrorCode::Unavailable, "the node is stopping"));
+        }
         let env = &self.inner.env;
         let placement = &collection.shards[shard as usize];
         let group = placement.group;
@@ -965,7 +973,10 @@ impl Cluster {
         let mut last = no_leader(&name);
         for addr in self.targets(&placement, Want::Leader) {
             let client = NodeServiceClient::new(self.channel(&addr)?);
-            match call(client, hops + 1).await {
+            match call(client, hops + 1)
+                .await
+                .map_err(|s| auth::from_peer(&addr, s))
+            {
                 Ok(()) => return Ok(()),
                 Err(status) if status.code() == tonic::Code::Unavailable => {
                     last = Error::new(ErrorCode::Unavailable, status.message().to_owned());
@@ -1255,6 +1266,10 @@ impl Cluster {
             }
             match call(channel, wire).await {
                 Err(status) if status.code() == tonic::Code::Unavailable => last = status,
+                // Another node may still accept this node's key (a rotation under way).
+                Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                    last = auth::refused_by_peer(addr, &status)
+                }
                 // The connection broke mid-request (tonic reports it as UNKNOWN or
                 // CANCELLED; no Shoal node answers with those): the outcome is unknown, and
                 // the client may retry, as for any UNAVAILABLE (writes are idempotent).
@@ -1805,7 +1820,17 @@ impl Cluster {
         if view.leader == Some(self.id()) {
             return Ok(());
         }
-        tracing::info!(group, from, "taking over leadership from a stopping leader");
+        if self.stopping() {
+            return Err(Error::new(
+                ErrorCode::Unavailable,
+                format!("node {} is stopping too; ask another replica", self.id()),
+            ));
+        }
+        tracing::info!(
+            group,
+            from,
+            "campaigning: the group's stopping leader asked"
+        );
         control::campaign(&raft, group).await
     }
 
@@ -1819,61 +1844,84 @@ impl Cluster {
     /// successor's term, and the successor, asked again after the other voters' leases ran
     /// out, wins then. Returns the groups whose leadership moved within `timeout`.
     pub async fn hand_off_leadership(&self, timeout: Duration) -> Vec<GroupId> {
-        let mut groups: Vec<(GroupId, Raft)> = vec![(META_GROUP, self.inner.meta.clone())];
-        let locals = self.local_groups();
-        groups.extend(locals.iter().map(|l| (l.group, l.raft.clone())));
-        for (_, raft) in &groups {
+        // From here this node neither campaigns by itself nor when asked, nor opens groups.
+        self.inner.stopping.store(true, Ordering::Release);
+        let mut groups: Vec<(GroupId, Raft, Option<Proposer>)> =
+            vec![(META_GROUP, self.inner.meta.clone(), None)];
+        groups.extend(
+            self.local_groups()
+                .iter()
+                .map(|l| (l.group, l.raft.clone(), Some(l.proposer.clone()))),
+        );
+        for (_, raft, _) in &groups {
             raft.runtime_config().elect(false);
         }
-        let led: Vec<(GroupId, Raft)> = groups
-            .into_iter()
-            .filter(|(_, raft)| {
-                let view = control::view(raft);
-                view.leader == Some(self.id()) && view.state == "leader" && view.voters.len() > 1
-            })
-            .collect();
-        // No new entries from here on, so the successors can have the whole log when asked.
-        // (The meta group's rare writes are not fenced: a successor that lacks one loses the
-        // first election and wins the next.)
-        for local in &locals {
-            if led.iter().any(|(group, _)| *group == local.group) {
-                local.proposer.hand_off();
-            }
-        }
-        let handed = futures::future::join_all(led.into_iter().map(|(group, raft)| async move {
-            self.hand_off(group, &raft, timeout).await.then_some(group)
-        }))
+        let handed = futures::future::join_all(groups.into_iter().map(
+            |(group, raft, proposer)| async move {
+                let view = control::view(&raft);
+                if view.leader != Some(self.id()) || view.state != "leader" {
+                    return None;
+                }
+                let successors = successors(&view, self.id());
+                if successors.is_empty() {
+                    return None;
+                }
+                // No new entries from here on, so a successor can hold the whole log when
+                // asked. (The meta group's rare writes are not fenced: a successor that lacks
+                // one loses its election, and the next voter is asked.)
+                if let Some(proposer) = &proposer {
+                    proposer.hand_off();
+                }
+                let handed = self.hand_off(group, &raft, &successors, timeout).await;
+                if !handed {
+                    // Still the leader: take writes again until the node stops.
+                    if let Some(proposer) = &proposer {
+                        proposer.resume();
+                    }
+                }
+                handed.then_some(group)
+            },
+        ))
         .await;
         handed.into_iter().flatten().collect()
     }
 
-    async fn hand_off(&self, group: GroupId, raft: &Raft, timeout: Duration) -> bool {
+    /// Whether this node is stopping (its hand-off started).
+    fn stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::Acquire)
+    }
+
+    /// Asks `successors` in turn (best first) to campaign until another node leads `group`.
+    async fn hand_off(
+        &self,
+        group: GroupId,
+        raft: &Raft,
+        successors: &[(NodeId, String)],
+        timeout: Duration,
+    ) -> bool {
         let started = Instant::now();
         let deadline = started + timeout;
         let me = self.id();
         let config = self.inner.raft.config();
-        // The wait between requests: the other voters' leader lease, plus the longest election.
+        // The wait for a new leader after asking: the other voters' leader lease, plus the
+        // longest election.
         let patience = Duration::from_millis(2 * config.election_timeout_max_ms);
-        // Chosen while this node still leads (only a leader knows how far each voter got),
-        // then asked again until it, or another voter, leads.
-        let Some((successor, addr)) = successor(&control::view(raft), me) else {
-            return false;
-        };
-        let mut asked = false;
+        let mut next = 0;
         while Instant::now() < deadline {
             let view = control::view(raft);
             if let Some(leader) = view.leader.filter(|l| *l != me) {
                 tracing::info!(
                     group,
                     to = leader,
-                    asked = successor,
+                    asked = successors[next % successors.len()].0,
                     term = view.term,
                     ms = started.elapsed().as_millis() as u64,
                     "handed off leadership"
                 );
                 return true;
             }
-            if view.state == "leader" && !asked {
+            let (successor, addr) = &successors[next % successors.len()];
+            if view.state == "leader" {
                 // Give the successor a moment to receive the last entries first.
                 let wait = Duration::from_millis(config.election_timeout_min_ms);
                 let _ = raft
@@ -1883,7 +1931,7 @@ impl Cluster {
                     .metrics(
                         |m| {
                             m.replication.as_ref().is_some_and(|r| {
-                                r.get(&successor)
+                                r.get(successor)
                                     .is_some_and(|l| l.map(|l| l.index) >= m.last_log_index)
                             })
                         },
@@ -1891,20 +1939,23 @@ impl Cluster {
                     )
                     .await;
             }
-            match self.ask_to_campaign(group, &addr).await {
-                Ok(()) => asked = true,
-                Err(e) => {
-                    tracing::debug!(group, successor, error = %e, "successor did not campaign")
-                }
+            if let Err(e) = self.ask_to_campaign(group, addr).await {
+                tracing::debug!(group, successor, error = %e, "successor did not campaign");
+                next += 1;
+                continue;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            let _ = raft
+            let elected = raft
                 .wait(Some(patience.min(left)))
                 .metrics(
                     |m| m.current_leader.is_some_and(|l| l != me),
                     "a new leader",
                 )
                 .await;
+            if elected.is_err() {
+                // Refused (a log entry short, or inside another voter's lease): try the next.
+                next += 1;
+            }
         }
         tracing::warn!(
             group,
@@ -1928,19 +1979,20 @@ impl Cluster {
     }
 }
 
-/// The voter other than `me` with the most of the leader's log (ties: the lowest id), and its
-/// address.
-fn successor(view: &GroupView, me: NodeId) -> Option<(NodeId, String)> {
-    view.voters
+/// The voters other than `me` with their addresses, most of the leader's log first (ties: the
+/// lowest id).
+fn successors(view: &GroupView, me: NodeId) -> Vec<(NodeId, String)> {
+    let mut voters: Vec<(NodeId, u64)> = view
+        .voters
         .iter()
         .filter(|n| **n != me)
-        .max_by_key(|n| {
-            (
-                view.matched.get(n).copied().unwrap_or(0),
-                std::cmp::Reverse(**n),
-            )
-        })
-        .and_then(|n| Some((*n, view.addresses.get(n)?.clone())))
+        .map(|n| (*n, view.matched.get(n).copied().unwrap_or(0)))
+        .collect();
+    voters.sort_by_key(|(n, matched)| (std::cmp::Reverse(*matched), *n));
+    voters
+        .into_iter()
+        .filter_map(|(n, _)| Some((n, view.addresses.get(&n)?.clone())))
+        .collect()
 }
 
 /// How long a new replica's node may not answer before its catch-up is abandoned.

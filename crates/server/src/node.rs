@@ -33,6 +33,9 @@ use crate::grpc::Api;
 use crate::http;
 use crate::raft_metrics::RaftMetrics;
 
+/// How long a stopping node waits for a reconcile pass under way before its hand-off.
+const RECONCILE_STOP: Duration = Duration::from_secs(2);
+
 /// Runs the node until SIGTERM or Ctrl-C; Raft groups run on `raft_runtime`.
 pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
     let registry = Registry::new_custom(None, None)?;
@@ -43,6 +46,7 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
     let grpc_listener = http::bind(config.node.listen).await?;
     let http_listener = http::bind(config.node.http).await?;
     let keys = config.security.api_keys()?;
+    registry.register(Box::new(crate::auth::AuthMetrics::new(keys.clone())?))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     auth::spawn_reloader(
         keys.clone(),
@@ -164,7 +168,10 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
     cluster
         .wait_for_leaders(Duration::from_secs(config.cluster.leader_wait_secs))
         .await;
-    let reconciler = cluster.spawn_reconciler(stop_rx.clone());
+    // Stopped apart from the servers: before the hand-off, which repairs, moves and newly
+    // opened groups would disturb.
+    let (reconcile_stop, reconcile_rx) = watch::channel(false);
+    let mut reconciler = cluster.spawn_reconciler(reconcile_rx);
 
     health.set_serving::<CollectionServiceServer<Api>>().await;
     health.set_serving::<PointServiceServer<Api>>().await;
@@ -192,8 +199,15 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
     health
         .set_not_serving::<CollectionServiceServer<Api>>()
         .await;
+    let _ = reconcile_stop.send(true);
+    let reconciled = tokio::time::timeout(RECONCILE_STOP, &mut reconciler)
+        .await
+        .is_ok();
+    if !reconciled {
+        tracing::info!("a reconcile pass is still running; it opens no more groups");
+    }
     // While the servers still run: the successors' vote requests and heartbeats reach this
-    // node, and requests that arrive meanwhile are forwarded to the new leaders.
+    // node, and writes that arrive meanwhile are forwarded to the new leaders.
     if config.node.handoff_timeout_ms > 0 {
         let handed = cluster
             .hand_off_leadership(Duration::from_millis(config.node.handoff_timeout_ms))
@@ -215,7 +229,9 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
         }
     }
     let _ = tokio::time::timeout(grace, http_server).await;
-    let _ = reconciler.await;
+    if !reconciled {
+        let _ = reconciler.await;
+    }
     let shards = cluster.shards();
     cluster
         .shutdown()

@@ -80,7 +80,8 @@ impl RouterApi {
         for address in self.transport.addresses() {
             let mut wire = Request::new(request.clone());
             wire.set_timeout(self.timeout);
-            match call(self.transport.channel(&address)?, wire).await {
+            let answer = call(self.transport.channel(&address)?, wire).await;
+            match answer.map_err(|s| shoal_proto::auth::from_peer(&address, s)) {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status)
                     if matches!(
@@ -439,6 +440,7 @@ pub async fn run(config: Config, seeds: Vec<String>) -> anyhow::Result<()> {
     let grpc_listener = http::bind(config.node.listen).await?;
     let http_listener = http::bind(config.node.http).await?;
     let keys = config.security.api_keys()?;
+    registry.register(Box::new(crate::auth::AuthMetrics::new(keys.clone())?))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     crate::auth::spawn_reloader(
         keys.clone(),

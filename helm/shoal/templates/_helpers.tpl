@@ -30,6 +30,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: node
 {{- end -}}
 
+{{- define "shoal.routerSelector" -}}
+app.kubernetes.io/name: {{ include "shoal.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: router
+{{- end -}}
+
 {{/* The DNS name of ordinal 0, which every pod joins (ordinal 0 itself bootstraps). */}}
 {{- define "shoal.seed" -}}
 {{- printf "%s-0.%s.%s.svc.cluster.local:%d" (include "shoal.fullname" .) (include "shoal.headless" .) .Release.Namespace (int .Values.ports.grpc) -}}
@@ -178,4 +184,72 @@ seccompProfile:
     {{- toYaml .Values.sidecar.resources | nindent 12 }}
   securityContext:
     {{- include "shoal.containerSecurityContext" . | nindent 12 }}
+{{- end -}}
+
+{{/* The ports clients use on a node or router pod: gRPC, HTTP and the sidecar's HTTP. */}}
+{{- define "shoal.networkPolicyClientPorts" -}}
+- port: {{ .Values.ports.grpc }}
+  protocol: TCP
+{{ include "shoal.networkPolicyMetricsPorts" . }}
+{{- end -}}
+
+{{/* The HTTP ports of a node or router pod (/metrics; the sidecar's shoal_sidecar_*). */}}
+{{- define "shoal.networkPolicyMetricsPorts" -}}
+- port: {{ .Values.ports.http }}
+  protocol: TCP
+{{- if .Values.sidecar.enabled }}
+- port: {{ .Values.sidecar.ports.http }}
+  protocol: TCP
+{{- end }}
+{{- end -}}
+
+{{/* Ingress rules for clients and Prometheus, the same for nodes and routers: any source with
+     networkPolicy.allowExternal, else networkPolicy.clients and (HTTP ports) metricsFrom.
+     Empty when neither is given: a rule with no `from` would admit every source. */}}
+{{- define "shoal.networkPolicyClientRules" -}}
+{{- with .Values.networkPolicy -}}
+{{- if .allowExternal -}}
+# Clients from anywhere (allowExternal).
+- ports:
+    {{- include "shoal.networkPolicyClientPorts" $ | nindent 4 }}
+{{- else -}}
+{{- with .clients }}
+# Clients (networkPolicy.clients).
+- from:
+    {{- toYaml . | nindent 4 }}
+  ports:
+    {{- include "shoal.networkPolicyClientPorts" $ | nindent 4 }}
+{{- end }}
+{{- with .metricsFrom }}
+# Prometheus and other readers of the HTTP ports (networkPolicy.metricsFrom).
+- from:
+    {{- toYaml . | nindent 4 }}
+  ports:
+    {{- include "shoal.networkPolicyMetricsPorts" $ | nindent 4 }}
+{{- end }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Egress rules of nodes and routers (networkPolicy.egress.enabled): DNS, the release's
+     nodes on gRPC, and networkPolicy.egress.extra. */}}
+{{- define "shoal.networkPolicyEgressRules" -}}
+# DNS, wherever the cluster's resolver runs.
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+# The release's nodes (Raft, replication, forwarding; the routers' calls).
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "shoal.selector" . | nindent 10 }}
+  ports:
+    - port: {{ .Values.ports.grpc }}
+      protocol: TCP
+{{- with .Values.networkPolicy.egress.extra }}
+# networkPolicy.egress.extra
+{{ toYaml . }}
+{{- end }}
 {{- end -}}

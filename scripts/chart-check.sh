@@ -44,8 +44,11 @@
 #      (2, 4: the chart refuses an even number of Raft voters), emptyDir volumes for 3 nodes,
 #      and API keys on with no keys, with both existingSecret and apiKeys, with a key shorter
 #      than 16 characters (by the schema, and by the templates when the schema is skipped),
-#      with whitespace in a key, with a key starting with '#' (a comment in the keys file), and
-#      a misspelled NetworkPolicy peer in networkPolicy.clients (by the schema).
+#      with whitespace in a key, with a key starting with '#' (a comment in the keys file), a
+#      misspelled NetworkPolicy peer in networkPolicy.clients (by the schema), and a
+#      terminationGracePeriodSeconds shorter than preStopSleepSeconds + 25 (hand-off and drain).
+#      Before that (4b): the node and router containers have a preStop `sleep` of
+#      preStopSleepSeconds for Kubernetes 1.30 and later, and none for 1.28.
 #   6. When checkov is installed (.venv-k8s, `make k8s-venv`), scans two renderings, the
 #      default values and one with API keys (chart's Secret) and the router on (namespace
 #      "shoal": the release namespace is the installer's choice), with checkov's Kubernetes
@@ -522,6 +525,43 @@ network_policy_rendering "k8s 1.31.0 replicas=3 router=true sidecar=false networ
   1.31.0 closed no --set router.enabled=true --set sidecar.enabled=false \
   --set networkPolicy.allowExternal=false
 
+# 4b. The preStop sleep (the images have no shell, so a native `sleep` action): in the node and
+#     router containers for Kubernetes 1.30 and later, none before (the field does not exist).
+for version in "${KUBE_VERSIONS[@]}"; do
+  label=$(printf 'k8s %-6s preStop sleep in the node and router containers' "$version")
+  if ! "$HELM" template shoal "$CHART" --kube-version "$version" --set router.enabled=true \
+    >"$work/prestop.yaml" 2>"$work/details.txt"; then
+    fail "$label: helm template failed" "$work/details.txt"
+    continue
+  fi
+  if ! "$PYTHON" - "$work/prestop.yaml" "$version" >"$work/details.txt" 2>&1 <<'PY'
+import sys
+import yaml
+
+path, version = sys.argv[1:3]
+major, minor = (int(x) for x in version.split(".")[:2])
+wanted = 5 if (major, minor) >= (1, 30) else None
+errors = []
+with open(path) as f:
+    for doc in yaml.safe_load_all(f):
+        if not doc or doc.get("kind") not in ("StatefulSet", "Deployment"):
+            continue
+        for c in doc["spec"]["template"]["spec"]["containers"]:
+            if c["name"] not in ("shoal", "router"):
+                continue
+            got = (((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds")
+            if got != wanted:
+                errors.append(f"{doc['kind']} container {c['name']}: preStop sleep {got}, want {wanted}")
+print("\n".join(errors))
+sys.exit(1 if errors else 0)
+PY
+  then
+    fail "$label" "$work/details.txt"
+  else
+    pass "$label"
+  fi
+done
+
 # 5. refused LABEL PATTERN ARG...: `helm template` with these arguments must fail with a message
 # that matches the extended regular expression PATTERN.
 refused() {
@@ -555,6 +595,8 @@ refused "an API key with whitespace is refused" "auth.apiKeys\[1\] contains whit
   --set auth.enabled=true --set "auth.apiKeys={${TEST_KEYS[0]},0123456789 abcdef}"
 refused "an API key starting with '#' is refused" "auth.apiKeys\[0\] starts with '#'" \
   --set auth.enabled=true --set "auth.apiKeys={#${TEST_KEYS[0]}}"
+refused "a grace period shorter than preStop sleep + hand-off + drain is refused" \
+  "terminationGracePeriodSeconds 20 is too short" --set terminationGracePeriodSeconds=20
 refused "a misspelled NetworkPolicy peer is refused by the schema" \
   "networkPolicy.clients.0: Additional property podSelectors is not allowed" \
   --set networkPolicy.allowExternal=false --set 'networkPolicy.clients[0].podSelectors.app=x'

@@ -234,7 +234,13 @@ impl StatefulSet {
         let status = poll("the pod to stop", Duration::from_secs(60), || {
             pod.child.try_wait().unwrap()
         });
-        assert!(status.success(), "shoal-{ordinal} exited {status}");
+        let log = std::fs::read_to_string(&pod.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        assert!(
+            status.success(),
+            "shoal-{ordinal} exited {status}:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
 
     fn probe(&self, ordinal: u64, path: &str) -> Option<u16> {

@@ -56,6 +56,11 @@ app.kubernetes.io/component: router
 {{- if gt $n 7 -}}
 {{- fail (printf "replicaCount %d: this chart supports up to 7 nodes" $n) -}}
 {{- end -}}
+{{- $grace := int .Values.terminationGracePeriodSeconds -}}
+{{- $sleep := int .Values.preStopSleepSeconds -}}
+{{- if lt $grace (add $sleep 25) -}}
+{{- fail (printf "terminationGracePeriodSeconds %d is too short: a stopping node needs preStopSleepSeconds (%d) + up to 5 s of leadership hand-off + 20 s of request drain; give it at least %d" $grace $sleep (add $sleep 25)) -}}
+{{- end -}}
 {{- if and (not .Values.persistence.enabled) (gt $n 1) (not .Values.persistence.allowEphemeralCluster) -}}
 {{- fail "persistence.enabled=false with more than one node: a restarted pod comes back empty (ordinal 0 would found a second cluster, the others cannot rejoin under their ids); set persistence.allowEphemeralCluster=true only for throwaway clusters" -}}
 {{- end -}}
@@ -251,5 +256,15 @@ seccompProfile:
 {{- with .Values.networkPolicy.egress.extra }}
 # networkPolicy.egress.extra
 {{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The preStop hook of node and router containers: a native sleep (Kubernetes 1.30+). */}}
+{{- define "shoal.preStop" -}}
+{{- if and (gt (int .Values.preStopSleepSeconds) 0) (semverCompare ">=1.30-0" .Capabilities.KubeVersion.Version) }}
+lifecycle:
+  preStop:
+    sleep:
+      seconds: {{ int .Values.preStopSleepSeconds }}
 {{- end }}
 {{- end -}}

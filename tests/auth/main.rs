@@ -156,30 +156,8 @@ async fn keys_guard_a_cluster_and_its_router_and_rotate_without_a_restart() {
 
     // Replicated on every node, so writes travel over Raft and searches fan out to shards on
     // the other nodes with the key.
-    let created = shoalctl(
-        one.grpc,
-        Some(OLD_KEY),
-        &[
-            "collection",
-            "create",
-            "docs",
-            "--dim",
-            "8",
-            "--metric",
-            "l2",
-            "--index",
-            "Flat",
-            "--shards",
-            "3",
-            "--replicas",
-            "3",
-        ],
-    );
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
+    let create = "collection create docs --dim 8 --metric l2 --index Flat --shards 3 --replicas 3";
+    json_ok(one.grpc, OLD_KEY, &create.split(' ').collect::<Vec<_>>());
     let vectors = random_vectors(7, 300, DIM);
     let npy = dir.path().join("points.npy");
     write_npy(&npy, &vectors);

@@ -3,7 +3,8 @@
 Usage: feast_sdk_check.py HTTP_ADDR WORK_DIR. The node must hold a collection with a feature
 view `driver_stats` (conv_rate: double, trips: int64). Defines the matching Feast entity (join
 key `id`) and feature view, writes rows through `FeatureStore.write_to_online_store`, reads
-them back with `get_online_features`, and exits non-zero on any mismatch.
+them back with `get_online_features`, and exits non-zero on any mismatch. With SHOAL_API_KEY
+in the environment, Feast's client sends it.
 """
 
 import os
@@ -23,12 +24,16 @@ pd.DataFrame(
     {"id": [1001], "event_timestamp": [now], "conv_rate": [0.0], "trips": [0]}
 ).to_parquet(source_path)
 
+# With SHOAL_API_KEY set, Feast's client sends it as `Authorization: Bearer` (its OIDC client
+# settings take a static token from an environment variable).
+auth = {"type": "oidc", "token_env_var": "SHOAL_API_KEY"} if os.environ.get("SHOAL_API_KEY") else None
 config = RepoConfig(
     project="shoal_check",
     registry=os.path.join(work, "registry.db"),
     provider="local",
     online_store={"type": "remote", "path": f"http://{http}"},
     entity_key_serialization_version=3,
+    **({"auth": auth} if auth else {}),
 )
 driver = Entity(name="driver", join_keys=["id"], value_type=ValueType.INT64)
 stats = FeatureView(

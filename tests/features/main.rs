@@ -619,10 +619,9 @@ async fn the_feast_http_api_writes_and_reads_features() {
     }
 }
 
-/// Feast's own SDK (PyPI `feast`, in the venv `make feast-venv` makes) writes and reads
-/// features through its `remote` online store pointed at the node's HTTP port.
-#[test]
-fn feast_sdk_remote_online_store_writes_and_reads_through_shoal() {
+/// Feast's SDK (PyPI `feast`, from the venv `make feast-venv` makes) running
+/// tests/feast/feast_sdk_check.py against `http`, with `env`.
+fn feast_sdk_check(http: std::net::SocketAddr, env: &[(&str, &str)]) -> std::process::Output {
     let python = std::env::var("SHOAL_FEAST_PYTHON").map_or_else(
         |_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-feast/bin/python"),
         std::path::PathBuf::from,
@@ -632,23 +631,65 @@ fn feast_sdk_remote_online_store_writes_and_reads_through_shoal() {
         "{} is missing: run `make feast-venv` (Feast's SDK, which this test drives)",
         python.display()
     );
+    let work = tempfile::tempdir().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feast/feast_sdk_check.py");
+    std::process::Command::new(&python)
+        .arg(&script)
+        .arg(http.to_string())
+        .arg(work.path().join("repo"))
+        .env_remove("SHOAL_API_KEY")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// Feast's own SDK writes and reads features through its `remote` online store pointed at
+/// the node's HTTP port.
+#[test]
+fn feast_sdk_remote_online_store_writes_and_reads_through_shoal() {
     let cluster = Cluster::start(1);
     let node = cluster.node(1);
     drivers_with_stats(node, &["--ttl", "86400"]);
-    let work = tempfile::tempdir().unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feast/feast_sdk_check.py");
-    let run = std::process::Command::new(&python)
-        .arg(&script)
-        .arg(node.http.to_string())
-        .arg(work.path().join("repo"))
-        .output()
-        .unwrap();
+    let run = feast_sdk_check(node.http, &[]);
     assert!(
         run.status.success(),
         "feast SDK check failed:\n{}\n{}\nnode log:\n{}",
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr),
         node.log()
+    );
+}
+
+/// A node with API keys: Feast's SDK works when its client sends the key (its OIDC settings'
+/// static token), and is refused without it.
+#[test]
+fn feast_sdk_sends_the_api_key_a_keyed_node_requires() {
+    const KEY: &str = "feast-sdk-key-5e1d9a7c";
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("api-keys");
+    std::fs::write(&keys, format!("{KEY}\n")).unwrap();
+    let cluster = Cluster::start_with_env(
+        1,
+        &[
+            ("SHOAL__SECURITY__API_KEYS_FILE", keys.to_str().unwrap()),
+            ("SHOAL_API_KEY", KEY),
+        ],
+    );
+    let node = cluster.node(1);
+    drivers_with_stats(node, &["--ttl", "86400"]);
+    let run = feast_sdk_check(node.http, &[("SHOAL_API_KEY", KEY)]);
+    assert!(
+        run.status.success(),
+        "feast SDK check with the key failed:\n{}\n{}\nnode log:\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+        node.log()
+    );
+    let refused = feast_sdk_check(node.http, &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("401"),
+        "Feast's SDK without the key was not refused:\n{stderr}"
     );
 }
 

@@ -381,14 +381,20 @@ impl Node {
         ClusterServiceClient::new(self.channel())
     }
 
-    /// Runs `shoalctl --addr <node> ARGS`.
+    /// Runs `shoalctl --addr <node> ARGS`. A `SHOAL_API_KEY` in the node's environment (the
+    /// node ignores it) is the key shoalctl sends, for nodes started with API keys.
     pub fn shoalctl(&self, args: &[&str]) -> Output {
-        Command::new(bin("shoalctl"))
+        let key = self.env.iter().find(|(k, _)| k == "SHOAL_API_KEY");
+        let mut command = Command::new(bin("shoalctl"));
+        command
             .arg("--addr")
             .arg(self.grpc.to_string())
             .args(args)
-            .output()
-            .unwrap()
+            .env_remove("SHOAL_API_KEY");
+        if let Some((_, key)) = key {
+            command.env("SHOAL_API_KEY", key);
+        }
+        command.output().unwrap()
     }
 
     /// Creates a collection with `shoalctl collection create`, asserting success. `extra` holds

@@ -4,7 +4,8 @@
 //! [`ErrorCode::NotLeader`], which callers answer by forwarding to the leader.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState};
@@ -172,6 +173,45 @@ pub async fn read_index(raft: &Raft, group: GroupId) -> Result<u64> {
             ),
             RaftError::Fatal(f) => fatal(group, &f),
         })
+}
+
+/// Since when this node leads a group (while it does), kept by a task that follows the group's
+/// metrics until the group stops. A leader elected less than the leader lease ago refuses to
+/// vote for a successor (openraft's lease check), so a hand-off waits that long first.
+#[derive(Clone, Debug, Default)]
+pub struct LeaderSince(Arc<parking_lot::Mutex<Option<(u64, Instant)>>>);
+
+impl LeaderSince {
+    /// Starts following `raft`'s metrics on the current tokio runtime.
+    pub fn follow(raft: &Raft) -> Self {
+        let since = Self::default();
+        let record = since.clone();
+        let mut metrics = raft.metrics();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    let mut led = record.0.lock();
+                    *led = match (m.state, *led) {
+                        (ServerState::Leader, Some((term, at))) if term == m.current_term => {
+                            Some((term, at))
+                        }
+                        (ServerState::Leader, _) => Some((m.current_term, Instant::now())),
+                        _ => None,
+                    };
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        since
+    }
+
+    /// How long this node has led the group; `None` when it does not lead it.
+    pub fn elapsed(&self) -> Option<Duration> {
+        self.0.lock().map(|(_, at)| at.elapsed())
+    }
 }
 
 /// Starts an election in the group on this node now (a voter that is not the leader), as a

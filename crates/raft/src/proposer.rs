@@ -60,6 +60,8 @@ pub struct Proposer {
     /// Set when this node hands the group's leadership off before it stops: new writes are
     /// refused, so the successor can hold the whole log when it is asked to take over.
     handing_off: Arc<AtomicBool>,
+    /// Held by the proposing task while it proposes an entry and answers its writes.
+    proposing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Proposer {
@@ -74,13 +76,17 @@ impl Proposer {
     ) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let handing_off = Arc::new(AtomicBool::new(false));
+        let proposing = Arc::new(tokio::sync::Mutex::new(()));
         tokio::spawn(propose(
             raft.clone(),
             group,
             shard.clone(),
             rx,
             commit_timeout,
-            handing_off.clone(),
+            Fence {
+                handing_off: handing_off.clone(),
+                proposing: proposing.clone(),
+            },
         ));
         Self {
             group,
@@ -89,13 +95,16 @@ impl Proposer {
             shard,
             tx,
             handing_off,
+            proposing,
         }
     }
 
     /// Stops proposing, for a hand-off of the group's leadership: from now on a write (also
     /// one queued and not yet proposed) waits for the next leader and is answered NOT_LEADER
-    /// naming it, so the node forwards it there; the entry being committed is still answered.
-    pub fn hand_off(&self) {
+    /// naming it, so the node forwards it there. Returns once the entry being proposed, if
+    /// any, is committed and answered: the log then ends with it.
+    pub async fn hand_off(&self) {
+        let _idle = self.proposing.lock().await;
         self.handing_off.store(true, Ordering::Release);
     }
 
@@ -135,7 +144,7 @@ async fn propose(
     shard: Arc<ShardSlot>,
     mut rx: mpsc::Receiver<Pending>,
     commit_timeout: Duration,
-    handing_off: Arc<AtomicBool>,
+    fence: Fence,
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     // A command received that did not fit the previous entry.
@@ -160,7 +169,9 @@ async fn propose(
             bytes += size;
             batch.push(next);
         }
-        if handing_off.load(Ordering::Acquire) {
+        let proposing = fence.proposing.lock().await;
+        if fence.handing_off.load(Ordering::Acquire) {
+            drop(proposing);
             let error = next_leader(&raft, group, commit_timeout).await;
             for (_, reply) in batch.drain(..) {
                 let _ = reply.send(Err(error.clone()));
@@ -205,7 +216,14 @@ async fn propose(
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
         }
+        drop(proposing);
     }
+}
+
+/// The proposing task's side of [`Proposer::hand_off`].
+struct Fence {
+    handing_off: Arc<AtomicBool>,
+    proposing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// openraft stops a group on any log store or state machine error (the state machine reports

@@ -26,7 +26,7 @@ use shoal_index::IndexFactory;
 use shoal_proto::auth::{self, ApiKeys, AuthChannel};
 use shoal_proto::internal::v1 as internal;
 use shoal_proto::internal::v1::node_service_client::NodeServiceClient;
-use shoal_raft::control::{self, GroupView};
+use shoal_raft::control::{self, GroupView, LeaderSince};
 use shoal_raft::layout::GroupRef;
 use shoal_raft::{
     ClusterState, GroupId, MetaCommand, MetaOutcome, NodeId, NodeRecord, OpenShard, Placement,
@@ -74,6 +74,7 @@ pub struct LocalGroup {
     pub shard: u32,
     pub raft: Raft,
     pub proposer: Proposer,
+    leader_since: LeaderSince,
     slot: Arc<ShardSlot>,
     maintenance: Mutex<Option<Maintenance>>,
 }
@@ -111,6 +112,7 @@ struct Inner {
     limits: Limits,
     raft: RaftNode,
     meta: Raft,
+    meta_leader_since: LeaderSince,
     layout: watch::Receiver<Arc<ClusterState>>,
     local: RwLock<HashMap<GroupId, Arc<LocalGroup>>>,
     channels: Mutex<HashMap<String, AuthChannel>>,
@@ -152,6 +154,7 @@ impl Cluster {
                 settings,
                 limits,
                 raft,
+                meta_leader_since: LeaderSince::follow(&meta),
                 meta,
                 layout,
                 local: RwLock::default(),
@@ -569,6 +572,7 @@ impl Cluster {
             group,
             collection: collection.spec.name.clone(),
             shard,
+            leader_since: LeaderSince::follow(&raft),
             raft,
             proposer,
             slot,
@@ -1846,42 +1850,36 @@ impl Cluster {
     pub async fn hand_off_leadership(&self, timeout: Duration) -> Vec<GroupId> {
         // From here this node neither campaigns by itself nor when asked, nor opens groups.
         self.inner.stopping.store(true, Ordering::Release);
-        let mut groups: Vec<(GroupId, Raft, Option<Proposer>)> =
-            vec![(META_GROUP, self.inner.meta.clone(), None)];
-        groups.extend(
-            self.local_groups()
-                .iter()
-                .map(|l| (l.group, l.raft.clone(), Some(l.proposer.clone()))),
-        );
-        for (_, raft, _) in &groups {
-            raft.runtime_config().elect(false);
+        let mut groups: Vec<Leading> = vec![Leading {
+            group: META_GROUP,
+            raft: self.inner.meta.clone(),
+            since: self.inner.meta_leader_since.clone(),
+            // The meta group's rare writes are not fenced: a successor that lacks one loses
+            // its election, and the next voter is asked.
+            proposer: None,
+        }];
+        groups.extend(self.local_groups().iter().map(|l| Leading {
+            group: l.group,
+            raft: l.raft.clone(),
+            since: l.leader_since.clone(),
+            proposer: Some(l.proposer.clone()),
+        }));
+        for leading in &groups {
+            leading.raft.runtime_config().elect(false);
         }
-        let handed = futures::future::join_all(groups.into_iter().map(
-            |(group, raft, proposer)| async move {
-                let view = control::view(&raft);
-                if view.leader != Some(self.id()) || view.state != "leader" {
-                    return None;
-                }
-                let successors = successors(&view, self.id());
-                if successors.is_empty() {
-                    return None;
-                }
-                // No new entries from here on, so a successor can hold the whole log when
-                // asked. (The meta group's rare writes are not fenced: a successor that lacks
-                // one loses its election, and the next voter is asked.)
-                if let Some(proposer) = &proposer {
-                    proposer.hand_off();
-                }
-                let handed = self.hand_off(group, &raft, &successors, timeout).await;
-                if !handed {
-                    // Still the leader: take writes again until the node stops.
-                    if let Some(proposer) = &proposer {
-                        proposer.resume();
-                    }
-                }
-                handed.then_some(group)
-            },
-        ))
+        let handed = futures::future::join_all(groups.into_iter().map(|leading| async move {
+            let view = control::view(&leading.raft);
+            if view.leader != Some(self.id()) || view.state != "leader" {
+                return None;
+            }
+            let successors = successors(&view, self.id());
+            if successors.is_empty() {
+                return None;
+            }
+            self.hand_off(&leading, &successors, timeout)
+                .await
+                .then_some(leading.group)
+        }))
         .await;
         handed.into_iter().flatten().collect()
     }
@@ -1891,18 +1889,29 @@ impl Cluster {
         self.inner.stopping.load(Ordering::Acquire)
     }
 
-    /// Asks `successors` in turn (best first) to campaign until another node leads `group`.
+    /// Asks `successors` in turn (best first) to campaign until another node leads the group.
     async fn hand_off(
         &self,
-        group: GroupId,
-        raft: &Raft,
+        leading: &Leading,
         successors: &[(NodeId, String)],
         timeout: Duration,
     ) -> bool {
+        let (group, raft) = (leading.group, &leading.raft);
         let started = Instant::now();
         let deadline = started + timeout;
         let me = self.id();
         let config = self.inner.raft.config();
+        // A leader refuses its vote to a successor within the lease after its election: wait
+        // it out first (still taking writes), plus a heartbeat for clock differences.
+        let lease =
+            Duration::from_millis(config.election_timeout_max_ms + config.heartbeat_interval_ms);
+        if let Some(led) = leading.since.elapsed().filter(|led| *led < lease) {
+            tokio::time::sleep((lease - led).min(timeout)).await;
+        }
+        // No new entries from here on, so a successor can hold the whole log when asked.
+        if let Some(proposer) = &leading.proposer {
+            proposer.hand_off().await;
+        }
         // The wait for a new leader after asking: the other voters' leader lease, plus the
         // longest election.
         let patience = Duration::from_millis(2 * config.election_timeout_max_ms);
@@ -1961,6 +1970,10 @@ impl Cluster {
             group,
             "could not hand off leadership in time; the group elects a leader once this node is gone"
         );
+        // Still the leader: take writes again until the node stops.
+        if let Some(proposer) = &leading.proposer {
+            proposer.resume();
+        }
         false
     }
 
@@ -1977,6 +1990,14 @@ impl Cluster {
             .map(|_| ())
             .map_err(|s| s.message().to_owned())
     }
+}
+
+/// A group this node may lead, as the hand-off sees it.
+struct Leading {
+    group: GroupId,
+    raft: Raft,
+    since: LeaderSince,
+    proposer: Option<Proposer>,
 }
 
 /// The voters other than `me` with their addresses, most of the leader's log first (ties: the

@@ -124,9 +124,12 @@ struct CacheEntry {
 /// The candidates of the last few filters searched without `as_of`, so that repeated
 /// filters skip reading the feature rows: an entry serves until the collection is written
 /// (points or features) or one of its matched rows expires.
-#[derive(Default)]
 pub(crate) struct FilterCache {
     entries: Mutex<VecDeque<CacheEntry>>,
+    /// Most ids, rows and vector components all entries hold together.
+    max_values: usize,
+    /// Most entries kept.
+    max_entries: usize,
 }
 
 /// Entries kept; the least recently used goes first.
@@ -135,7 +138,25 @@ const CACHED_FILTERS: usize = 16;
 /// most); an entry larger than this is not kept.
 const CACHED_VALUES: usize = 32 << 20;
 
+impl Default for FilterCache {
+    /// The production limits: [`CACHED_VALUES`] values in [`CACHED_FILTERS`] entries.
+    fn default() -> Self {
+        Self::with_limits(CACHED_VALUES, CACHED_FILTERS)
+    }
+}
+
 impl FilterCache {
+    /// A cache holding at most `max_values` ids, rows and vector components in all, in at
+    /// most `max_entries` entries; [`FilterCache::default`] uses the production limits, and
+    /// tests small ones.
+    pub(crate) fn with_limits(max_values: usize, max_entries: usize) -> Self {
+        Self {
+            entries: Mutex::default(),
+            max_values,
+            max_entries,
+        }
+    }
+
     /// The cache key of `filter`: none for `as_of` reads, which are not cached.
     pub(crate) fn key(filter: &SearchFilter) -> Option<String> {
         filter
@@ -175,7 +196,7 @@ impl FilterCache {
         expiry: Option<i64>,
         candidates: Arc<Candidates>,
     ) {
-        if candidates.size() > CACHED_VALUES {
+        if candidates.size() > self.max_values {
             return;
         }
         let mut entries = self.entries.lock();
@@ -187,10 +208,93 @@ impl FilterCache {
             expiry,
             candidates,
         });
-        entries.truncate(CACHED_FILTERS);
+        entries.truncate(self.max_entries);
         // The least recently used go until the rest fit the budget.
-        while entries.iter().map(|e| e.candidates.size()).sum::<usize>() > CACHED_VALUES {
+        while entries.iter().map(|e| e.candidates.size()).sum::<usize>() > self.max_values {
             entries.pop_back();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Candidates holding `ids` ids, as many rows, and `components` vector components.
+    fn candidates(ids: usize, components: usize) -> Arc<Candidates> {
+        Arc::new(Candidates {
+            ids: (0..ids as u64).map(PointId::Num).collect(),
+            rows: (0..ids as u64).collect(),
+            vectors: (components > 0).then(|| vec![0.0; components]),
+        })
+    }
+
+    fn put(cache: &FilterCache, key: &str, candidates: Arc<Candidates>) {
+        cache.put(1, key.to_owned(), 7, None, candidates);
+    }
+
+    fn cached(cache: &FilterCache, key: &str) -> bool {
+        cache.get(1, key, 7, 0).is_some()
+    }
+
+    /// The keys held, most recently used first, and the values they hold together.
+    fn contents(cache: &FilterCache) -> (Vec<String>, usize) {
+        let entries = cache.entries.lock();
+        let keys = entries.iter().map(|e| e.key.clone()).collect();
+        (keys, entries.iter().map(|e| e.candidates.size()).sum())
+    }
+
+    #[test]
+    fn candidates_larger_than_the_value_budget_are_not_cached_and_evict_nothing() {
+        let cache = FilterCache::with_limits(10, CACHED_FILTERS);
+        put(&cache, "a", candidates(2, 0));
+        // 4 ids + 4 rows + 3 components: each part fits, together they pass the budget.
+        put(&cache, "big", candidates(4, 3));
+        assert!(!cached(&cache, "big"));
+        assert!(cached(&cache, "a"));
+        assert_eq!(contents(&cache), (vec!["a".to_owned()], 4));
+        // Exactly the budget is kept, the others going to make room.
+        put(&cache, "full", candidates(4, 2));
+        assert!(cached(&cache, "full"));
+        assert_eq!(contents(&cache), (vec!["full".to_owned()], 10));
+    }
+
+    #[test]
+    fn entries_past_the_value_budget_evict_the_least_recently_used() {
+        let cache = FilterCache::with_limits(10, CACHED_FILTERS);
+        put(&cache, "a", candidates(2, 0));
+        put(&cache, "b", candidates(2, 0));
+        // Using `a` makes `b` the least recently used: it goes when `c` passes the budget.
+        assert!(cached(&cache, "a"));
+        put(&cache, "c", candidates(2, 0));
+        assert_eq!(contents(&cache), (vec!["c".to_owned(), "a".to_owned()], 8));
+        assert!(!cached(&cache, "b"));
+        // 6 more values pass it again: `a` (now least recent) goes, `c` stays.
+        assert!(cached(&cache, "c"));
+        put(&cache, "d", candidates(1, 4));
+        assert_eq!(contents(&cache), (vec!["d".to_owned(), "c".to_owned()], 10));
+        // Replacing an entry counts only its new candidates.
+        put(&cache, "d", candidates(3, 0));
+        assert_eq!(contents(&cache), (vec!["d".to_owned(), "c".to_owned()], 10));
+        assert!(cached(&cache, "c") && cached(&cache, "d"));
+    }
+
+    #[test]
+    fn past_the_entry_limit_the_least_recently_used_filter_goes() {
+        let cache = FilterCache::default();
+        assert_eq!((cache.max_values, cache.max_entries), (32 << 20, 16));
+        for i in 0..CACHED_FILTERS {
+            put(&cache, &format!("f{i}"), candidates(1, 0));
+        }
+        // `f0` is the oldest put, but using it makes `f1` the least recently used.
+        assert!(cached(&cache, "f0"));
+        put(&cache, "new", candidates(1, 0));
+        let (keys, values) = contents(&cache);
+        assert_eq!((keys.len(), values), (CACHED_FILTERS, 2 * CACHED_FILTERS));
+        assert!(!cached(&cache, "f1"));
+        assert!(cached(&cache, "f0") && cached(&cache, "new"));
+        for i in 2..CACHED_FILTERS {
+            assert!(cached(&cache, &format!("f{i}")), "f{i}");
         }
     }
 }

@@ -185,27 +185,27 @@ impl LeaderSince {
     /// Starts following `raft`'s metrics on the current tokio runtime.
     pub fn follow(raft: &Raft) -> Self {
         let since = Self::default();
-        let record = since.clone();
         let mut metrics = raft.metrics();
+        // Now, not only when the task first runs: a group led already reads as led.
+        since.update(&metrics.borrow_and_update());
+        let record = since.clone();
         tokio::spawn(async move {
-            loop {
-                {
-                    let m = metrics.borrow_and_update();
-                    let mut led = record.0.lock();
-                    *led = match (m.state, *led) {
-                        (ServerState::Leader, Some((term, at))) if term == m.current_term => {
-                            Some((term, at))
-                        }
-                        (ServerState::Leader, _) => Some((m.current_term, Instant::now())),
-                        _ => None,
-                    };
-                }
-                if metrics.changed().await.is_err() {
-                    return;
-                }
+            while metrics.changed().await.is_ok() {
+                record.update(&metrics.borrow_and_update());
             }
         });
         since
+    }
+
+    fn update(&self, metrics: &openraft::RaftMetrics<NodeId, BasicNode>) {
+        let mut led = self.0.lock();
+        *led = match (metrics.state, *led) {
+            (ServerState::Leader, Some((term, at))) if term == metrics.current_term => {
+                Some((term, at))
+            }
+            (ServerState::Leader, _) => Some((metrics.current_term, Instant::now())),
+            _ => None,
+        };
     }
 
     /// How long this node has led the group; `None` when it does not lead it.

@@ -543,9 +543,11 @@ impl Cluster {
         // once would make the leader a race.
         if founder && placement.replicas.first() == Some(&self.inner.id) {
             match control::initialize(&raft, group, placement.founders.clone()).await {
-                Ok(true) => {
+                // A stopping node must not make itself the new group's leader.
+                Ok(true) if !self.stopping() => {
                     let _ = raft.trigger().elect().await;
                 }
+                Ok(true) => {}
                 Ok(false) => {}
                 Err(e) => {
                     // Not left running without a LocalGroup: the next pass opens it again.
@@ -555,8 +557,13 @@ impl Cluster {
             }
         } else if founder {
             let (raft, founders) = (raft.clone(), placement.founders.clone());
+            let cluster = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(FOUNDER_GRACE).await;
+                // Initializing campaigns: not on a node that is stopping.
+                if cluster.stopping() {
+                    return;
+                }
                 match control::initialize(&raft, group, founders).await {
                     Ok(true) => {
                         tracing::warn!(group, "no other founder started the group; started it here")
@@ -1869,14 +1876,10 @@ impl Cluster {
         }
         let handed = futures::future::join_all(groups.into_iter().map(|leading| async move {
             let view = control::view(&leading.raft);
-            if view.leader != Some(self.id()) || view.state != "leader" {
+            if view.leader != Some(self.id()) || view.state != "leader" || view.voters.len() < 2 {
                 return None;
             }
-            let successors = successors(&view, self.id());
-            if successors.is_empty() {
-                return None;
-            }
-            self.hand_off(&leading, &successors, timeout)
+            self.hand_off(&leading, timeout)
                 .await
                 .then_some(leading.group)
         }))
@@ -1890,12 +1893,7 @@ impl Cluster {
     }
 
     /// Asks `successors` in turn (best first) to campaign until another node leads the group.
-    async fn hand_off(
-        &self,
-        leading: &Leading,
-        successors: &[(NodeId, String)],
-        timeout: Duration,
-    ) -> bool {
+    async fn hand_off(&self, leading: &Leading, timeout: Duration) -> bool {
         let (group, raft) = (leading.group, &leading.raft);
         let started = Instant::now();
         let deadline = started + timeout;
@@ -1908,13 +1906,24 @@ impl Cluster {
         if let Some(led) = leading.since.elapsed().filter(|led| *led < lease) {
             tokio::time::sleep((lease - led).min(timeout)).await;
         }
-        // No new entries from here on, so a successor can hold the whole log when asked.
+        // No new entries from here on, so a successor can hold the whole log when asked. The
+        // fence waits for the entry in flight: within the deadline, or no hand-off.
         if let Some(proposer) = &leading.proposer {
-            proposer.hand_off().await;
+            let fenced = tokio::time::timeout_at(deadline.into(), proposer.hand_off()).await;
+            if fenced.is_err() {
+                tracing::warn!(group, "a write did not commit in time; no hand-off");
+                return false;
+            }
+        }
+        // Chosen now, when the log no longer grows.
+        let successors = successors(&control::view(raft), me);
+        if successors.is_empty() {
+            return self.give_up(leading);
         }
         // The wait for a new leader after asking: the other voters' leader lease, plus the
         // longest election.
         let patience = Duration::from_millis(2 * config.election_timeout_max_ms);
+        let pause = Duration::from_millis(config.heartbeat_interval_ms);
         let mut next = 0;
         while Instant::now() < deadline {
             let view = control::view(raft);
@@ -1928,6 +1937,9 @@ impl Cluster {
                     "handed off leadership"
                 );
                 return true;
+            }
+            if view.state == "shutdown" {
+                return false;
             }
             let (successor, addr) = &successors[next % successors.len()];
             if view.state == "leader" {
@@ -1951,6 +1963,8 @@ impl Cluster {
             if let Err(e) = self.ask_to_campaign(group, addr).await {
                 tracing::debug!(group, successor, error = %e, "successor did not campaign");
                 next += 1;
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
                 continue;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -1962,15 +1976,21 @@ impl Cluster {
                 )
                 .await;
             if elected.is_err() {
-                // Refused (a log entry short, or inside another voter's lease): try the next.
+                // Refused (inside another voter's lease, or an unfenced meta write it lacked):
+                // try the next.
                 next += 1;
             }
         }
+        self.give_up(leading)
+    }
+
+    /// Ends a hand-off that did not happen: this node still leads, and takes writes again
+    /// until it stops.
+    fn give_up(&self, leading: &Leading) -> bool {
         tracing::warn!(
-            group,
-            "could not hand off leadership in time; the group elects a leader once this node is gone"
+            group = leading.group,
+            "could not hand off leadership; the group elects a leader once this node is gone"
         );
-        // Still the leader: take writes again until the node stops.
         if let Some(proposer) = &leading.proposer {
             proposer.resume();
         }

@@ -35,6 +35,10 @@ use crate::raft_metrics::RaftMetrics;
 
 /// How long a stopping node waits for a reconcile pass under way before its hand-off.
 const RECONCILE_STOP: Duration = Duration::from_secs(2);
+/// Time the leadership hand-off may take beyond `node.handoff_timeout_ms` (its last calls).
+const HANDOFF_MARGIN: Duration = Duration::from_secs(1);
+/// How long a stopping node waits for index builds and searches on its CPU pools.
+const POOLS_IDLE: Duration = Duration::from_secs(10);
 
 /// Runs the node until SIGTERM or Ctrl-C; Raft groups run on `raft_runtime`.
 pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
@@ -103,7 +107,7 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
         },
         metrics,
         factory: Arc::new(FaissFactory),
-        build_pool,
+        build_pool: build_pool.clone(),
     };
     let cluster = Cluster::open(
         config.cluster.clone(),
@@ -119,7 +123,7 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
         RaftMetrics::new(cluster.clone()).context("registering raft metrics")?,
     ))?;
     let max = config.limits.max_message_bytes;
-    let api = Api::new(cluster.clone(), search_pool, &registry, max)?;
+    let api = Api::new(cluster.clone(), search_pool.clone(), &registry, max)?;
     let _ = feast_api.set(api.clone());
     let cluster_api = ClusterApi::new(cluster.clone());
 
@@ -209,14 +213,19 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
     // While the servers still run: the successors' vote requests and heartbeats reach this
     // node, and writes that arrive meanwhile are forwarded to the new leaders.
     if config.node.handoff_timeout_ms > 0 {
-        let handed = cluster
-            .hand_off_leadership(Duration::from_millis(config.node.handoff_timeout_ms))
-            .await;
-        tracing::info!(groups = ?handed, "leadership handed off");
+        let limit = Duration::from_millis(config.node.handoff_timeout_ms);
+        // Each group stops trying at `limit`; the margin covers the last calls under way.
+        match tokio::time::timeout(limit + HANDOFF_MARGIN, cluster.hand_off_leadership(limit)).await
+        {
+            Ok(handed) => tracing::info!(groups = ?handed, "leadership handed off"),
+            Err(_) => tracing::warn!("leadership hand-off overran its time; stopping anyway"),
+        }
     }
     let _ = stop_tx.send(true);
+    // One grace period for the gRPC and HTTP servers together.
     let grace = Duration::from_secs(config.node.shutdown_grace_secs);
-    match tokio::time::timeout(grace, &mut grpc).await {
+    let drained = tokio::time::Instant::now() + grace;
+    match tokio::time::timeout_at(drained, &mut grpc).await {
         Ok(served) => served
             .context("gRPC server task")?
             .context("gRPC server failed")?,
@@ -228,15 +237,28 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
             grpc.abort();
         }
     }
-    let _ = tokio::time::timeout(grace, http_server).await;
-    if !reconciled {
-        let _ = reconciler.await;
+    let _ = tokio::time::timeout_at(drained, http_server).await;
+    if !reconciled
+        && tokio::time::timeout(RECONCILE_STOP, reconciler)
+            .await
+            .is_err()
+    {
+        tracing::warn!("a reconcile pass is still running; stopping anyway");
     }
     let shards = cluster.shards();
     cluster
         .shutdown()
         .await
         .map_err(|e| anyhow::anyhow!("stopping raft: {e}"))?;
+    // Index builds and searches still on the CPU pools hold shards (RocksDB, FAISS): a process
+    // that exits under them can abort in the libraries' teardown.
+    let idle = tokio::task::spawn_blocking(move || {
+        build_pool.wait_idle(POOLS_IDLE) && search_pool.wait_idle(POOLS_IDLE)
+    })
+    .await?;
+    if !idle {
+        tracing::warn!("index builds or searches still running; stopping anyway");
+    }
     let flushed = std::time::Instant::now();
     tokio::task::spawn_blocking(move || shards.iter().try_for_each(|s| s.flush()))
         .await?

@@ -144,6 +144,18 @@ impl Batcher {
     }
 }
 
+/// The jobs of `batch` still to run at `now`; the others (deadline at or before `now`) are
+/// answered DeadlineExceeded without running.
+fn drop_expired(batch: Vec<Job>, now: Instant) -> Vec<Job> {
+    let (live, expired): (Vec<Job>, Vec<Job>) =
+        batch.into_iter().partition(|job| job.deadline > now);
+    for job in expired {
+        // The waiting side has given up already; nothing to compute.
+        let _ = job.reply.send(Err(InferError::DeadlineExceeded));
+    }
+    live
+}
+
 struct Worker {
     model: Arc<Embedder>,
     config: BatchConfig,
@@ -174,13 +186,7 @@ impl Worker {
     }
 
     fn run_batch(&self, batch: Vec<Job>) {
-        let now = Instant::now();
-        let (live, expired): (Vec<Job>, Vec<Job>) =
-            batch.into_iter().partition(|job| job.deadline > now);
-        for job in expired {
-            // The waiting side has given up already; nothing to compute.
-            let _ = job.reply.send(Err(InferError::DeadlineExceeded));
-        }
+        let live = drop_expired(batch, Instant::now());
         if live.is_empty() {
             return;
         }
@@ -219,5 +225,41 @@ impl Worker {
             };
             let _ = job.reply.send(reply);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(text: &str, deadline: Instant) -> (Job, oneshot::Receiver<Reply>) {
+        let (reply, result) = oneshot::channel();
+        let job = Job {
+            texts: vec![text.to_owned()],
+            deadline,
+            reply,
+        };
+        (job, result)
+    }
+
+    #[test]
+    fn expired_jobs_get_deadline_exceeded_and_are_not_run() {
+        let now = Instant::now();
+        let (past, mut past_reply) = job("past", now - Duration::from_millis(1));
+        let (due, mut due_reply) = job("due", now);
+        let (live, mut live_reply) = job("live", now + Duration::from_secs(1));
+        let left = drop_expired(vec![past, due, live], now);
+        let texts: Vec<&str> = left
+            .iter()
+            .flat_map(|j| j.texts.iter().map(String::as_str))
+            .collect();
+        assert_eq!(texts, ["live"]);
+        assert_eq!(past_reply.try_recv(), Ok(Err(InferError::DeadlineExceeded)));
+        assert_eq!(due_reply.try_recv(), Ok(Err(InferError::DeadlineExceeded)));
+        // The live job's reply is still to come.
+        assert_eq!(
+            live_reply.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        );
     }
 }

@@ -205,3 +205,65 @@ impl Grpc {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout_of(header: Option<&str>) -> Option<Duration> {
+        let mut request = Request::new(());
+        if let Some(value) = header {
+            request.metadata_mut().insert(
+                "grpc-timeout",
+                value.parse().unwrap_or_else(|e| panic!("{value:?}: {e}")),
+            );
+        }
+        grpc_timeout(&request)
+    }
+
+    #[test]
+    fn grpc_timeout_reads_every_unit() {
+        assert_eq!(timeout_of(Some("2H")), Some(Duration::from_secs(7200)));
+        assert_eq!(timeout_of(Some("3M")), Some(Duration::from_secs(180)));
+        assert_eq!(timeout_of(Some("4S")), Some(Duration::from_secs(4)));
+        assert_eq!(timeout_of(Some("250m")), Some(Duration::from_millis(250)));
+        assert_eq!(timeout_of(Some("7u")), Some(Duration::from_micros(7)));
+        assert_eq!(timeout_of(Some("9n")), Some(Duration::from_nanos(9)));
+        // The longest the protocol allows is kept as sent: the server sets no maximum.
+        assert_eq!(
+            timeout_of(Some("99999999H")),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
+    }
+
+    #[test]
+    fn a_zero_grpc_timeout_is_an_expired_deadline_not_a_missing_one() {
+        assert_eq!(timeout_of(Some("0m")), Some(Duration::ZERO));
+        assert_eq!(timeout_of(Some("0S")), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_missing_or_malformed_grpc_timeout_leaves_the_server_default() {
+        // None: Models::infer then waits the server's default_timeout.
+        assert_eq!(timeout_of(None), None);
+        for bad in [
+            "",
+            "m",
+            "10",
+            "10x",
+            "10ms",
+            "-1m",
+            "1.5S",
+            "123456789m",
+            " 1m",
+        ] {
+            assert_eq!(timeout_of(Some(bad)), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn deadline_exceeded_maps_to_the_grpc_code() {
+        let s = status(ApiError::Infer(InferError::DeadlineExceeded));
+        assert_eq!(s.code(), tonic::Code::DeadlineExceeded);
+    }
+}

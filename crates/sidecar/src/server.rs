@@ -152,10 +152,7 @@ impl Models {
             )));
         }
         let texts = self.texts(&input)?;
-        let wait = timeout.unwrap_or(self.limits.default_timeout);
-        let deadline = Instant::now()
-            .checked_add(wait)
-            .unwrap_or_else(|| Instant::now() + self.limits.default_timeout);
+        let deadline = deadline(Instant::now(), timeout, self.limits.default_timeout);
         let n = texts.len();
         let values = batcher
             .embed(texts, deadline)
@@ -212,6 +209,14 @@ impl Models {
     }
 }
 
+/// When a request that arrived at `now` gives up: after the client's `timeout`, as given (a
+/// zero one has passed already), or `default` without one or where `now + timeout` cannot be
+/// represented.
+fn deadline(now: Instant, timeout: Option<Duration>, default: Duration) -> Instant {
+    now.checked_add(timeout.unwrap_or(default))
+        .unwrap_or_else(|| now + default)
+}
+
 /// Splits a BYTES tensor's raw contents: each element is a 4-byte little-endian length, then
 /// that many bytes. More than `max` elements is refused before they are all copied.
 pub fn split_raw_bytes(raw: &[u8], max: usize) -> Result<Vec<Vec<u8>>, ApiError> {
@@ -260,5 +265,38 @@ mod tests {
         assert!(split_raw_bytes(&[], 10).unwrap().is_empty());
         let err = split_raw_bytes(&raw, 2).unwrap_err();
         assert!(err.to_string().contains("more than 2 texts"), "{err}");
+    }
+
+    #[test]
+    fn a_request_without_a_timeout_gets_the_default_deadline() {
+        let now = Instant::now();
+        let default = Duration::from_secs(30);
+        assert_eq!(deadline(now, None, default), now + default);
+    }
+
+    #[test]
+    fn a_client_timeout_sets_the_deadline_shorter_or_longer_than_the_default() {
+        let now = Instant::now();
+        let default = Duration::from_secs(30);
+        let short = Duration::from_millis(250);
+        assert_eq!(deadline(now, Some(short), default), now + short);
+        // There is no server maximum: a longer client timeout is kept as sent.
+        let long = Duration::from_secs(3600);
+        assert_eq!(deadline(now, Some(long), default), now + long);
+    }
+
+    #[test]
+    fn a_zero_timeout_is_a_deadline_that_has_passed() {
+        let now = Instant::now();
+        let expired = deadline(now, Some(Duration::ZERO), Duration::from_secs(30));
+        // The batcher runs only jobs whose deadline is after the batch's start.
+        assert_eq!(expired, now);
+    }
+
+    #[test]
+    fn a_timeout_past_what_an_instant_holds_falls_back_to_the_default() {
+        let now = Instant::now();
+        let default = Duration::from_secs(30);
+        assert_eq!(deadline(now, Some(Duration::MAX), default), now + default);
     }
 }

@@ -46,7 +46,8 @@
 #      than 16 characters (by the schema, and by the templates when the schema is skipped),
 #      with whitespace in a key, with a key starting with '#' (a comment in the keys file), a
 #      misspelled NetworkPolicy peer in networkPolicy.clients (by the schema), and a
-#      terminationGracePeriodSeconds shorter than preStopSleepSeconds + 25 (hand-off and drain).
+#      terminationGracePeriodSeconds shorter than preStopSleepSeconds + config.handoffTimeoutMs
+#      (rounded up to seconds) + config.shutdownGraceSecs + 15.
 #      Before that (4b): the node and router containers have a preStop `sleep` of
 #      preStopSleepSeconds for Kubernetes 1.30 and later, and none for 1.28.
 #   6. When checkov is installed (.venv-k8s, `make k8s-venv`), scans two renderings, the
@@ -597,6 +598,8 @@ refused "an API key starting with '#' is refused" "auth.apiKeys\[0\] starts with
   --set auth.enabled=true --set "auth.apiKeys={#${TEST_KEYS[0]}}"
 refused "a grace period shorter than preStop sleep + hand-off + drain is refused" \
   "terminationGracePeriodSeconds 20 is too short" --set terminationGracePeriodSeconds=20
+refused "a longer request drain raises the grace period it needs" \
+  "terminationGracePeriodSeconds 60 is too short" --set config.shutdownGraceSecs=50
 refused "a misspelled NetworkPolicy peer is refused by the schema" \
   "networkPolicy.clients.0: Additional property podSelectors is not allowed" \
   --set networkPolicy.allowExternal=false --set 'networkPolicy.clients[0].podSelectors.app=x'

@@ -37,7 +37,7 @@ use crate::raft_metrics::RaftMetrics;
 const RECONCILE_STOP: Duration = Duration::from_secs(2);
 /// Time the leadership hand-off may take beyond `node.handoff_timeout_ms` (its last calls).
 const HANDOFF_MARGIN: Duration = Duration::from_secs(1);
-/// How long a stopping node waits for index builds and searches on its CPU pools.
+/// How long a stopping node waits for index builds and searches on its CPU pools, in all.
 const POOLS_IDLE: Duration = Duration::from_secs(10);
 
 /// Runs the node until SIGTERM or Ctrl-C; Raft groups run on `raft_runtime`.
@@ -253,7 +253,9 @@ pub async fn run(config: Config, raft_runtime: Handle) -> anyhow::Result<()> {
     // Index builds and searches still on the CPU pools hold shards (RocksDB, FAISS): a process
     // that exits under them can abort in the libraries' teardown.
     let idle = tokio::task::spawn_blocking(move || {
-        build_pool.wait_idle(POOLS_IDLE) && search_pool.wait_idle(POOLS_IDLE)
+        let deadline = std::time::Instant::now() + POOLS_IDLE;
+        build_pool.wait_idle(POOLS_IDLE)
+            && search_pool.wait_idle(deadline.saturating_duration_since(std::time::Instant::now()))
     })
     .await?;
     if !idle {

@@ -58,8 +58,11 @@ app.kubernetes.io/component: router
 {{- end -}}
 {{- $grace := int .Values.terminationGracePeriodSeconds -}}
 {{- $sleep := int .Values.preStopSleepSeconds -}}
-{{- if lt $grace (add $sleep 25) -}}
-{{- fail (printf "terminationGracePeriodSeconds %d is too short: a stopping node needs preStopSleepSeconds (%d) + up to 5 s of leadership hand-off + 20 s of request drain; give it at least %d" $grace $sleep (add $sleep 25)) -}}
+{{- $handoff := div (add (int .Values.config.handoffTimeoutMs) 999) 1000 -}}
+{{- $drain := int .Values.config.shutdownGraceSecs -}}
+{{- $needed := add $sleep $handoff $drain 15 -}}
+{{- if lt $grace $needed -}}
+{{- fail (printf "terminationGracePeriodSeconds %d is too short: a stopping node needs preStopSleepSeconds (%d) + its leadership hand-off (%d s) + its request drain (%d s) + 15 s (reconcile loop, CPU pools, flush); give it at least %d" $grace $sleep $handoff $drain $needed) -}}
 {{- end -}}
 {{- if and (not .Values.persistence.enabled) (gt $n 1) (not .Values.persistence.allowEphemeralCluster) -}}
 {{- fail "persistence.enabled=false with more than one node: a restarted pod comes back empty (ordinal 0 would found a second cluster, the others cannot rejoin under their ids); set persistence.allowEphemeralCluster=true only for throwaway clusters" -}}

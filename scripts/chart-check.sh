@@ -45,6 +45,7 @@
 #      and API keys on with no keys, with both existingSecret and apiKeys, with a key shorter
 #      than 16 characters (by the schema, and by the templates when the schema is skipped),
 #      with whitespace in a key, with a key starting with '#' (a comment in the keys file), a
+#      read-only keys (auth.readOnlyKeys) without a full-access one or with whitespace, a
 #      misspelled NetworkPolicy peer in networkPolicy.clients (by the schema), and a
 #      terminationGracePeriodSeconds shorter than preStopSleepSeconds + config.handoffTimeoutMs
 #      (rounded up to seconds) + config.shutdownGraceSecs + 15.
@@ -594,6 +595,12 @@ refused "a 15-character API key is refused by the templates" "auth.apiKeys\[0\] 
   --skip-schema-validation --set auth.enabled=true --set "auth.apiKeys={0123456789abcde}"
 refused "an API key with whitespace is refused" "auth.apiKeys\[1\] contains whitespace" \
   --set auth.enabled=true --set "auth.apiKeys={${TEST_KEYS[0]},0123456789 abcdef}"
+refused "read-only keys without a full-access key are refused" \
+  "auth.readOnlyKeys needs auth.apiKeys too" \
+  --set auth.enabled=true --set "auth.readOnlyKeys={${TEST_KEYS[0]}}"
+refused "a read-only key with whitespace is refused" "auth.readOnlyKeys\[0\] contains whitespace" \
+  --set auth.enabled=true --set "auth.apiKeys={${TEST_KEYS[0]}}" \
+  --set "auth.readOnlyKeys={0123456789 abcdef}"
 refused "an API key starting with '#' is refused" "auth.apiKeys\[0\] starts with '#'" \
   --set auth.enabled=true --set "auth.apiKeys={#${TEST_KEYS[0]}}"
 refused "a grace period shorter than preStop sleep + hand-off + drain is refused" \

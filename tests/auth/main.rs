@@ -28,6 +28,8 @@ use tonic_health::pb::HealthCheckRequest;
 
 const OLD_KEY: &str = "old-key-5b0f0d3c9e1a47f2";
 const NEW_KEY: &str = "new-key-8c41e2aa77d94b10";
+/// Listed as `KEY read-only` in the keys file.
+const READER_KEY: &str = "reader-key-2f6b90d1c3e84a57";
 const DIM: usize = 8;
 /// How often the nodes read the keys file again in this test.
 const RELOAD: &str = "1";
@@ -141,7 +143,7 @@ impl Drop for Router {
 async fn keys_guard_a_cluster_and_its_router_and_rotate_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let keys_file = dir.path().join("api-keys");
-    write_keys(&keys_file, &[OLD_KEY]);
+    write_keys(&keys_file, &[OLD_KEY, &format!("{READER_KEY} read-only")]);
     let keys_path = keys_file.to_str().unwrap();
     let env = [
         ("SHOAL__SECURITY__API_KEYS_FILE", keys_path),
@@ -249,6 +251,45 @@ async fn keys_guard_a_cluster_and_its_router_and_rotate_without_a_restart() {
         &["search", "docs", "--vector", &query, "--k", "1"],
     );
     assert_eq!(hits[0][0]["id"], 42, "{hits}");
+
+    // A read-only key reads, through a node and the router, and may not write.
+    for addr in [two.grpc, router.grpc] {
+        let hits = json_ok(
+            addr,
+            READER_KEY,
+            &["search", "docs", "--vector", &query, "--k", "1"],
+        );
+        assert_eq!(hits[0][0]["id"], 42, "{hits}");
+        json_ok(addr, READER_KEY, &["collection", "describe", "docs"]);
+        let npy = npy.to_str().unwrap();
+        let out = shoalctl(
+            addr,
+            Some(READER_KEY),
+            &["points", "upsert", "docs", "--file", npy],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && stderr.contains("read-only")
+                && stderr.contains("(PermissionDenied)"),
+            "{stderr}"
+        );
+        let out = shoalctl(addr, Some(READER_KEY), &["collection", "drop", "docs"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("(PermissionDenied)"),
+            "a read-only key dropping a collection: {stderr}"
+        );
+    }
+    let reader = format!("Bearer {READER_KEY}");
+    let body = r#"{"push_source_name": "nope", "df": {"id": [1]}}"#;
+    let (status, _) = http_post(one.http, "/push", &[JSON, ("Authorization", &reader)], body);
+    assert_eq!(status, 403, "a Feast push with a read-only key");
+    let with_reader = feast_status(one.http, Some(READER_KEY));
+    assert!(
+        with_reader != 401 && with_reader != 403,
+        "a Feast read: {with_reader}"
+    );
 
     // Rotation, as docs/operations.md tells an operator to do it with the Secret, in three
     // steps, each awaited on every process (its log says it reloaded), with writes through the

@@ -1,7 +1,8 @@
 //! API keys: the bearer key every client sends and the keys a server accepts.
 //!
 //! Keys live in a file, one per line (blank lines and `#` comments are skipped), that a
-//! Kubernetes Secret mounts. A server accepts any key in the file; a process that calls other
+//! Kubernetes Secret mounts. A line `KEY read-only` gives a key that may only read: search,
+//! get, count, describe and list, and online feature reads. A server accepts any key in the file; a process that calls other
 //! nodes (node to node, router to node, Raft) sends the first. Rotation is therefore: add the
 //! new key as a second line everywhere, make it the first, then remove the old one. The file
 //! is read again by [`ApiKeys::reload`], so a rotated Secret takes effect without a restart.
@@ -34,6 +35,35 @@ const OPEN_SERVICES: [&str; 2] = [
     "/grpc.reflection.v1.ServerReflection/",
 ];
 
+/// The gRPC methods a read-only key may call: they change nothing.
+const READ_METHODS: [&str; 13] = [
+    "/shoal.v1.PointService/Search",
+    "/shoal.v1.PointService/Get",
+    "/shoal.v1.PointService/Count",
+    "/shoal.v1.CollectionService/DescribeCollection",
+    "/shoal.v1.CollectionService/ListCollections",
+    "/shoal.v1.FeatureService/GetOnlineFeatures",
+    "/shoal.v1.FeatureService/ListFeatureViews",
+    "/shoal.v1.FeatureService/DescribeFeatureView",
+    "/shoal.v1.FeatureService/ListFeatureServices",
+    "/shoal.v1.FeatureService/DescribeFeatureService",
+    "/shoal.v1.ClusterService/ClusterStatus",
+    "/shoal.v1.ClusterService/ListNodes",
+    "/shoal.v1.ClusterService/ListShards",
+];
+
+/// Whether the gRPC method at `path` only reads.
+pub fn is_read(path: &str) -> bool {
+    READ_METHODS.contains(&path)
+}
+
+/// What a key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Full,
+    ReadOnly,
+}
+
 /// A channel that sends this process's API key with every call.
 pub type AuthChannel = InterceptedService<tonic::transport::Channel, ApiKeys>;
 
@@ -64,6 +94,7 @@ struct Counts {
     missing: AtomicU64,
     malformed: AtomicU64,
     wrong: AtomicU64,
+    read_only: AtomicU64,
 }
 
 /// How many requests [`ApiKeys::check`] accepted and refused since the process started.
@@ -76,11 +107,13 @@ pub struct Tally {
     pub missing: u64,
     pub malformed: u64,
     pub wrong: u64,
+    /// Writes refused because the key is read-only.
+    pub read_only: u64,
 }
 
 #[derive(Default, PartialEq)]
 struct Loaded {
-    accepted: Vec<String>,
+    accepted: Vec<(String, Access)>,
     /// `Bearer <first key>`, marked sensitive so it is never logged.
     outgoing: Option<MetadataValue<Ascii>>,
 }
@@ -157,12 +190,19 @@ impl ApiKeys {
             .clone()
     }
 
-    /// Checks the `authorization: Bearer <key>` header of a request.
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), Rejected> {
+    /// Checks the `authorization: Bearer <key>` header of a request, which only reads if
+    /// `read` (see [`is_read`]).
+    pub fn check(&self, headers: &HeaderMap, read: bool) -> Result<(), Rejected> {
         if !self.required() {
             return Ok(());
         }
-        let verdict = self.verdict(headers);
+        let verdict = self.verdict(headers).and_then(|(position, access)| {
+            if access == Access::ReadOnly && !read {
+                Err(Rejected::ReadOnly)
+            } else {
+                Ok(position)
+            }
+        });
         let counts = &self.inner.counts;
         let counter = match verdict {
             Ok(0) => &counts.accepted_first,
@@ -170,13 +210,14 @@ impl ApiKeys {
             Err(Rejected::Missing) => &counts.missing,
             Err(Rejected::Malformed) => &counts.malformed,
             Err(Rejected::Wrong) => &counts.wrong,
+            Err(Rejected::ReadOnly) => &counts.read_only,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         verdict.map(|_| ())
     }
 
-    /// The position in the file of the key a request carries.
-    fn verdict(&self, headers: &HeaderMap) -> Result<usize, Rejected> {
+    /// The position in the file of the key a request carries, and what it may do.
+    fn verdict(&self, headers: &HeaderMap) -> Result<(usize, Access), Rejected> {
         let Some(value) = headers.get(AUTHORIZATION) else {
             return Err(Rejected::Missing);
         };
@@ -192,15 +233,16 @@ impl ApiKeys {
         // Every key is compared, each with a comparison whose time does not depend on where
         // the bytes differ, so the time taken does not tell how much of a key matched.
         let loaded = self.loaded();
-        let matched = loaded
-            .accepted
-            .iter()
-            .enumerate()
-            .fold(None, |found, (position, key)| {
-                let equal =
-                    constant_time_eq::constant_time_eq(key.as_bytes(), presented.as_bytes());
-                found.or(equal.then_some(position))
-            });
+        let matched =
+            loaded
+                .accepted
+                .iter()
+                .enumerate()
+                .fold(None, |found, (position, (key, access))| {
+                    let equal =
+                        constant_time_eq::constant_time_eq(key.as_bytes(), presented.as_bytes());
+                    found.or(equal.then_some((position, *access)))
+                });
         matched.ok_or(Rejected::Wrong)
     }
 
@@ -214,6 +256,7 @@ impl ApiKeys {
             missing: read(&counts.missing),
             malformed: read(&counts.malformed),
             wrong: read(&counts.wrong),
+            read_only: read(&counts.read_only),
         }
     }
 }
@@ -224,6 +267,8 @@ pub enum Rejected {
     Missing,
     Malformed,
     Wrong,
+    /// A read-only key on a call that writes.
+    ReadOnly,
 }
 
 impl Rejected {
@@ -237,13 +282,20 @@ impl Rejected {
                 "the authorization header must be `Bearer <key>` with a printable ASCII key"
             }
             Rejected::Wrong => "the API key was not accepted",
+            Rejected::ReadOnly => {
+                "this API key is read-only: it may search, get, count, describe, list and read \
+                 online features, not write or administer"
+            }
         }
     }
 }
 
 impl From<Rejected> for Status {
     fn from(rejected: Rejected) -> Self {
-        Status::unauthenticated(rejected.message())
+        match rejected {
+            Rejected::ReadOnly => Status::permission_denied(rejected.message()),
+            _ => Status::unauthenticated(rejected.message()),
+        }
     }
 }
 
@@ -276,27 +328,43 @@ fn read(path: &Path) -> Result<Loaded, String> {
 fn parse(text: &str) -> Result<Loaded, String> {
     let mut accepted = Vec::new();
     for (number, line) in text.lines().enumerate() {
-        let key = line.trim();
-        if key.is_empty() || key.starts_with('#') {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        let number = number + 1;
+        let mut words = line.split_ascii_whitespace();
+        let key = words.next().unwrap_or_default();
+        let access = match (words.next(), words.next()) {
+            (None, _) => Access::Full,
+            (Some("read-only"), None) => Access::ReadOnly,
+            _ => {
+                return Err(format!(
+                    "line {number}: expected `KEY` or `KEY read-only` (a key has no spaces)"
+                ))
+            }
+        };
         if !(MIN_KEY_LEN..=MAX_KEY_LEN).contains(&key.len()) {
             return Err(format!(
-                "line {}: a key must be {MIN_KEY_LEN} to {MAX_KEY_LEN} characters long, this one \
-                 has {}",
-                number + 1,
+                "line {number}: a key must be {MIN_KEY_LEN} to {MAX_KEY_LEN} characters long, this \
+                 one has {}",
                 key.len()
             ));
         }
         if !key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(format!(
-                "line {}: a key must be printable ASCII without spaces",
-                number + 1
+                "line {number}: a key must be printable ASCII without spaces"
             ));
         }
-        accepted.push(key.to_owned());
+        if accepted.is_empty() && access == Access::ReadOnly {
+            return Err(format!(
+                "line {number}: the first key is the one processes send each other, so it needs \
+                 full access; put read-only keys after it"
+            ));
+        }
+        accepted.push((key.to_owned(), access));
     }
-    let Some(first) = accepted.first() else {
+    let Some((first, _)) = accepted.first() else {
         return Err("no key in it (one key per line; `#` starts a comment)".to_owned());
     };
     let mut outgoing = MetadataValue::try_from(format!("Bearer {first}"))
@@ -374,7 +442,7 @@ where
         let verdict = if open {
             Ok(())
         } else {
-            self.keys.check(request.headers())
+            self.keys.check(request.headers(), is_read(path))
         };
         match verdict {
             Ok(()) => Box::pin(self.inner.call(request)),
@@ -401,7 +469,7 @@ mod tests {
     fn the_open_mode_accepts_everything_and_sends_nothing() {
         let keys = ApiKeys::open();
         assert!(!keys.required());
-        assert_eq!(keys.check(&HeaderMap::new()), Ok(()));
+        assert_eq!(keys.check(&HeaderMap::new(), true), Ok(()));
         assert!(keys.loaded().outgoing.is_none());
     }
 
@@ -416,17 +484,23 @@ mod tests {
         .expect("write");
         let keys = ApiKeys::from_file(&path).expect("keys");
         assert!(keys.required());
-        assert_eq!(keys.check(&headers("Bearer new-key-0123456789")), Ok(()));
-        assert_eq!(keys.check(&headers("Bearer old-key-0123456789")), Ok(()));
         assert_eq!(
-            keys.check(&headers("Bearer old-key-012345678")),
+            keys.check(&headers("Bearer new-key-0123456789"), true),
+            Ok(())
+        );
+        assert_eq!(
+            keys.check(&headers("Bearer old-key-0123456789"), true),
+            Ok(())
+        );
+        assert_eq!(
+            keys.check(&headers("Bearer old-key-012345678"), true),
             Err(Rejected::Wrong)
         );
         assert_eq!(
-            keys.check(&headers("old-key-0123456789")),
+            keys.check(&headers("old-key-0123456789"), true),
             Err(Rejected::Malformed)
         );
-        assert_eq!(keys.check(&HeaderMap::new()), Err(Rejected::Missing));
+        assert_eq!(keys.check(&HeaderMap::new(), true), Err(Rejected::Missing));
         assert_eq!(
             keys.tally(),
             Tally {
@@ -435,6 +509,7 @@ mod tests {
                 missing: 1,
                 malformed: 1,
                 wrong: 1,
+                read_only: 0,
             }
         );
         let sent = keys.loaded().outgoing.clone().expect("outgoing");
@@ -454,17 +529,26 @@ mod tests {
         std::fs::write(&path, "second-key-0123456789\n").expect("write");
         assert_eq!(keys.reload(), Ok(true));
         assert_eq!(
-            keys.check(&headers("Bearer first-key-0123456789")),
+            keys.check(&headers("Bearer first-key-0123456789"), true),
             Err(Rejected::Wrong)
         );
-        assert_eq!(keys.check(&headers("Bearer second-key-0123456789")), Ok(()));
+        assert_eq!(
+            keys.check(&headers("Bearer second-key-0123456789"), true),
+            Ok(())
+        );
 
         std::fs::write(&path, "# emptied by mistake\n").expect("write");
         assert!(keys.reload().is_err());
-        assert_eq!(keys.check(&headers("Bearer second-key-0123456789")), Ok(()));
+        assert_eq!(
+            keys.check(&headers("Bearer second-key-0123456789"), true),
+            Ok(())
+        );
         std::fs::remove_file(&path).expect("remove");
         assert!(keys.reload().is_err());
-        assert_eq!(keys.check(&headers("Bearer second-key-0123456789")), Ok(()));
+        assert_eq!(
+            keys.check(&headers("Bearer second-key-0123456789"), true),
+            Ok(())
+        );
     }
 
     #[test]
@@ -477,7 +561,15 @@ mod tests {
             ("short\n", "line 1: a key must be 16 to 512 characters long"),
             (
                 "good-key-0123456789\nhas a space in it\n",
-                "line 2: a key must be printable",
+                "line 2: expected `KEY` or `KEY read-only`",
+            ),
+            (
+                "good-key-0123456789\nother-key-0123456789 read-write\n",
+                "line 2: expected",
+            ),
+            (
+                "reader-key-0123456789 read-only\n",
+                "line 1: the first key is the one processes send",
             ),
             (
                 "good-key-0123456789\nnon-ascii-kéy-0123456789\n",
@@ -491,5 +583,32 @@ mod tests {
         let err = ApiKeys::from_file(&dir.path().join("missing")).expect_err("missing");
         assert!(err.contains("cannot read the API keys file"), "{err}");
         assert!(ApiKeys::client("short").is_err());
+    }
+
+    #[test]
+    fn a_read_only_key_reads_and_is_refused_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys");
+        std::fs::write(
+            &path,
+            "full-key-0123456789\nreader-key-0123456789  read-only\n",
+        )
+        .expect("write");
+        let keys = ApiKeys::from_file(&path).expect("keys");
+        let reader = headers("Bearer reader-key-0123456789");
+        assert_eq!(keys.check(&reader, true), Ok(()));
+        assert_eq!(keys.check(&reader, false), Err(Rejected::ReadOnly));
+        assert_eq!(
+            keys.check(&headers("Bearer full-key-0123456789"), false),
+            Ok(())
+        );
+        assert_eq!(keys.tally().read_only, 1);
+        assert_eq!(
+            Status::from(Rejected::ReadOnly).code(),
+            tonic::Code::PermissionDenied
+        );
+        assert!(is_read("/shoal.v1.PointService/Search"));
+        assert!(!is_read("/shoal.v1.PointService/Upsert"));
+        assert!(!is_read("/shoal.internal.v1.RaftService/Vote"));
     }
 }

@@ -12,16 +12,22 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, Opts};
 use serde_json::json;
-use shoal_proto::auth::ApiKeys;
+use shoal_proto::auth::{ApiKeys, Rejected};
 use tokio::sync::watch;
 
 /// axum middleware: refuses a request without an accepted `authorization: Bearer` key with 401
 /// and Feast's error body.
 pub async fn require_key(State(keys): State<ApiKeys>, request: Request, next: Next) -> Response {
-    match keys.check(request.headers()) {
+    // Of the Feast routes only the online read changes nothing.
+    let read = request.uri().path() == "/get-online-features";
+    match keys.check(request.headers(), read) {
         Ok(()) => next.run(request).await,
         Err(rejected) => (
-            StatusCode::UNAUTHORIZED,
+            if rejected == Rejected::ReadOnly {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::UNAUTHORIZED
+            },
             [
                 (header::WWW_AUTHENTICATE, "Bearer"),
                 (header::CONTENT_TYPE, "application/json"),
@@ -68,7 +74,8 @@ pub fn spawn_reloader(keys: ApiKeys, every: Duration, mut stop: watch::Receiver<
 /// `shoal_auth_requests_total{result}` on `/metrics`, read from the keys' tally when
 /// Prometheus scrapes: `accepted_first_key`, `accepted_other_key` (during a rotation: calls
 /// that still carry a key other than the file's first; the old key can go once this stops
-/// growing on every process), `missing`, `malformed`, `wrong`.
+/// growing on every process), `missing`, `malformed`, `wrong`, `read_only_refused` (a write
+/// with a read-only key).
 pub struct AuthMetrics {
     keys: ApiKeys,
     requests: IntCounterVec,
@@ -101,6 +108,7 @@ impl Collector for AuthMetrics {
             ("missing", tally.missing),
             ("malformed", tally.malformed),
             ("wrong", tally.wrong),
+            ("read_only_refused", tally.read_only),
         ] {
             self.requests.with_label_values(&[result]).inc_by(count);
         }

@@ -76,8 +76,11 @@ app.kubernetes.io/component: router
 {{- end -}}
 {{- with .Values.auth -}}
 {{- if .enabled -}}
-{{- if and .existingSecret .apiKeys -}}
+{{- if and .existingSecret (or .apiKeys .readOnlyKeys) -}}
 {{- fail "auth.existingSecret and auth.apiKeys are both set: give the keys either in a Secret of your own (existingSecret) or to the chart (apiKeys), not both" -}}
+{{- end -}}
+{{- if and .readOnlyKeys (not .apiKeys) (not .existingSecret) -}}
+{{- fail "auth.readOnlyKeys needs auth.apiKeys too: the keys file's first key is the full-access one nodes and routers send each other" -}}
 {{- end -}}
 {{- if not (or .existingSecret .apiKeys) -}}
 {{- fail "auth.enabled=true needs the keys: set auth.existingSecret to a Secret you created (kubectl create secret generic NAME --from-file=api-keys=FILE) or give auth.apiKeys" -}}
@@ -85,19 +88,21 @@ app.kubernetes.io/component: router
 {{- end -}}
 {{- /* Checked even when auth is off: a bad key should not wait to be found until it is. The
        messages give the key's position, never the key, since they end up in CI logs. */ -}}
-{{- range $i, $key := .apiKeys -}}
+{{- range $list := list "apiKeys" "readOnlyKeys" -}}
+{{- range $i, $key := (get $.Values.auth $list | default list) -}}
 {{- $key = toString $key | trim -}}
 {{- if lt (len $key) 16 -}}
-{{- fail (printf "auth.apiKeys[%d] is %d characters long: API keys need at least 16 (e.g. openssl rand -hex 32)" $i (len $key)) -}}
+{{- fail (printf "auth.%s[%d] is %d characters long: API keys need at least 16 (e.g. openssl rand -hex 32)" $list $i (len $key)) -}}
 {{- end -}}
 {{- if gt (len $key) 512 -}}
-{{- fail (printf "auth.apiKeys[%d] is %d characters long: API keys have at most 512" $i (len $key)) -}}
+{{- fail (printf "auth.%s[%d] is %d characters long: API keys have at most 512" $list $i (len $key)) -}}
 {{- end -}}
 {{- if not (regexMatch "^[!-~]+$" $key) -}}
-{{- fail (printf "auth.apiKeys[%d] contains whitespace or a character outside printable ASCII: it could not be sent in an HTTP header" $i) -}}
+{{- fail (printf "auth.%s[%d] contains whitespace or a character outside printable ASCII: it could not be sent in an HTTP header" $list $i) -}}
 {{- end -}}
 {{- if hasPrefix "#" $key -}}
-{{- fail (printf "auth.apiKeys[%d] starts with '#': the keys file would read it as a comment" $i) -}}
+{{- fail (printf "auth.%s[%d] starts with '#': the keys file would read it as a comment" $list $i) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

@@ -23,13 +23,9 @@ readonly LIMIT=${LIMIT:-400000}
 readonly BATCH=${BATCH:-1000}
 readonly WRITE_CONCURRENCY=${WRITE_CONCURRENCY:-4}
 readonly SNAPSHOT_EVERY=${SNAPSHOT_EVERY:-10}
-OUT=${OUT:-bench-results/cluster-$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(results_dir cluster)
 
-for bin in shoal shoalctl; do
-  [[ -x "$BIN_DIR/$bin" ]] || { echo "bench: $BIN_DIR/$bin missing; run make build" >&2; exit 1; }
-done
+require_bins shoal shoalctl
 [[ -f "$GLOVE" ]] || { echo "bench: $GLOVE missing; run make data" >&2; exit 1; }
 
 work=$(mktemp -d -t shoal-cluster-bench.XXXXXX)

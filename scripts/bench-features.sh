@@ -15,9 +15,7 @@ source scripts/node-lib.sh
 readonly ENTITIES=${ENTITIES:-10000}
 readonly SHARDS=${SHARDS:-1}
 readonly REQUESTS=${REQUESTS:-2000}
-OUT=${OUT:-bench-results/features-$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(results_dir features)
 
 work=$(mktemp -d -t shoal-features-bench.XXXXXX)
 node_pid=

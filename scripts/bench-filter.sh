@@ -16,9 +16,7 @@ source scripts/node-lib.sh
 readonly LIMIT=${LIMIT:-400000}
 readonly QUERIES=${QUERIES:-1000}
 readonly CONCURRENCY=${CONCURRENCY:-1,4}
-OUT=${OUT:-bench-results/filter-$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(results_dir filter)
 [[ -f "$GLOVE" ]] || { echo "$GLOVE not found; run 'make data'" >&2; exit 1; }
 
 work=$(mktemp -d -t shoal-filter-bench.XXXXXX)

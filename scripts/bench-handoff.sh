@@ -42,13 +42,9 @@ readonly MODES=${MODES:-handoff nohand kill}
 readonly STEADY_SECS=${STEADY_SECS:-3}
 readonly AFTER_SECS=${AFTER_SECS:-4}
 readonly WRITE_TIMEOUT_SECS=${WRITE_TIMEOUT_SECS:-10}
-RESULTS=${OUT:-bench-results/handoff-$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$RESULTS"
-RESULTS=$(cd "$RESULTS" && pwd)
+RESULTS=$(results_dir handoff)
 
-for bin in shoal shoalctl; do
-  [[ -x "$BIN_DIR/$bin" ]] || { echo "bench: $BIN_DIR/$bin missing; run make build" >&2; exit 1; }
-done
+require_bins shoal shoalctl
 
 base=$(mktemp -d -t shoal-handoff-bench.XXXXXX)
 declare -A pid grpc http

@@ -24,13 +24,9 @@ readonly EF=${EF:-64}
 readonly EF_CONSTRUCTION=${EF_CONSTRUCTION:-40}
 readonly QUERIES=${QUERIES:-1000}
 readonly CONCURRENCY=${CONCURRENCY:-1,4}
-OUT=${OUT:-bench-results/shards-$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(results_dir shards)
 
-for bin in shoal shoalctl faiss-reference; do
-  [[ -x "$BIN_DIR/$bin" ]] || { echo "bench: $BIN_DIR/$bin missing; run make build" >&2; exit 1; }
-done
+require_bins shoal shoalctl faiss-reference
 [[ -f "$GLOVE" ]] || { echo "bench: $GLOVE missing; run make data" >&2; exit 1; }
 
 work=$(mktemp -d -t shoal-shards-bench.XXXXXX)

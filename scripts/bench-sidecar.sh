@@ -15,9 +15,7 @@ source scripts/node-lib.sh
 readonly MODEL_REPO=${SHOAL_MODEL_REPO:-models}
 readonly PYTHON=${SHOAL_SIDECAR_PYTHON:-.venv-sidecar/bin/python}
 readonly SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
-OUT=${OUT:-bench-results/sidecar-$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(results_dir sidecar)
 
 sidecar_pid=
 cleanup() {

@@ -17,9 +17,7 @@ source scripts/node-lib.sh
 readonly MODEL_REPO=${SHOAL_MODEL_REPO:-models}
 readonly DOCS=${DOCS:-5000}
 readonly SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
-OUT=${OUT:-bench-results/text-$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(results_dir text)
 
 work=$(mktemp -d -t shoal-text-bench.XXXXXX)
 pids=()

@@ -9,6 +9,22 @@
 readonly BIN_DIR=${SHOAL_BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/shoal/target}/debug}
 readonly GLOVE=${SHOAL_GLOVE:-data/glove-50.npy}
 
+# results_dir NAME: prints the absolute path of $OUT, or else of bench-results/NAME-<UTC time>,
+# after creating it.
+results_dir() {
+  local dir=${OUT:-bench-results/${1:+$1-}$(date -u +%Y%m%dT%H%M%SZ)}
+  mkdir -p "$dir"
+  (cd "$dir" && pwd)
+}
+
+# require_bins BIN...: exits with a hint unless each binary is in $BIN_DIR.
+require_bins() {
+  local bin
+  for bin in "$@"; do
+    [[ -x "$BIN_DIR/$bin" ]] || { echo "bench: $BIN_DIR/$bin missing; run make build" >&2; exit 1; }
+  done
+}
+
 # Prints two distinct free loopback ports: the kernel picks them while both sockets are bound.
 free_ports() {
   python3 -c '

@@ -302,7 +302,7 @@ impl From<Rejected> for Status {
 /// A peer's UNAUTHENTICATED as this process reports it: the peer refused the key this
 /// process sends (keys files that differ, or a rotation done out of order), which is the
 /// cluster's problem, not the client's: UNAVAILABLE, with the peer named.
-pub fn refused_by_peer(peer: &str, status: &Status) -> Status {
+fn refused_by_peer(peer: &str, status: &Status) -> Status {
     Status::unavailable(format!(
         "node {peer} refused this node's API key ({}): the processes' keys files differ, or a \
          rotation removed a key some process still sends",

@@ -57,11 +57,7 @@ pub struct Proposer {
     commit_timeout: Duration,
     shard: Arc<ShardSlot>,
     tx: mpsc::Sender<Pending>,
-    /// Set when this node hands the group's leadership off before it stops: new writes are
-    /// refused, so the successor can hold the whole log when it is asked to take over.
-    handing_off: Arc<AtomicBool>,
-    /// Held by the proposing task while it proposes an entry and answers its writes.
-    proposing: Arc<tokio::sync::Mutex<()>>,
+    fence: Arc<Fence>,
 }
 
 impl Proposer {
@@ -75,18 +71,14 @@ impl Proposer {
         commit_timeout: Duration,
     ) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        let handing_off = Arc::new(AtomicBool::new(false));
-        let proposing = Arc::new(tokio::sync::Mutex::new(()));
+        let fence = Arc::new(Fence::default());
         tokio::spawn(propose(
             raft.clone(),
             group,
             shard.clone(),
             rx,
             commit_timeout,
-            Fence {
-                handing_off: handing_off.clone(),
-                proposing: proposing.clone(),
-            },
+            fence.clone(),
         ));
         Self {
             group,
@@ -94,8 +86,7 @@ impl Proposer {
             commit_timeout,
             shard,
             tx,
-            handing_off,
-            proposing,
+            fence,
         }
     }
 
@@ -104,20 +95,20 @@ impl Proposer {
     /// naming it, so the node forwards it there. Returns once the entry being proposed, if
     /// any, is committed and answered: the log then ends with it.
     pub async fn hand_off(&self) {
-        let _idle = self.proposing.lock().await;
-        self.handing_off.store(true, Ordering::Release);
+        let _idle = self.fence.proposing.lock().await;
+        self.fence.handing_off.store(true, Ordering::Release);
     }
 
     /// Proposes again: the hand-off did not happen (this node still leads).
     pub fn resume(&self) {
-        self.handing_off.store(false, Ordering::Release);
+        self.fence.handing_off.store(false, Ordering::Release);
     }
 
     /// Checks `cmd`, then commits it through the Raft log and applies it. An acknowledged
     /// write is in a committed entry, which on a single voter means its append was fsynced.
     /// The outcome's `sequence` is the shard sequence number the command was applied at.
     pub async fn submit(&self, cmd: Command) -> Result<Outcome> {
-        if self.handing_off.load(Ordering::Acquire) {
+        if self.fence.handing_off.load(Ordering::Acquire) {
             return Err(next_leader(&self.raft, self.group, self.commit_timeout).await);
         }
         let shard = self.shard.current();
@@ -144,7 +135,7 @@ async fn propose(
     shard: Arc<ShardSlot>,
     mut rx: mpsc::Receiver<Pending>,
     commit_timeout: Duration,
-    fence: Fence,
+    fence: Arc<Fence>,
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     // A command received that did not fit the previous entry.
@@ -220,10 +211,14 @@ async fn propose(
     }
 }
 
-/// The proposing task's side of [`Proposer::hand_off`].
+/// What [`Proposer::hand_off`] shares with the proposing task.
+#[derive(Default)]
 struct Fence {
-    handing_off: Arc<AtomicBool>,
-    proposing: Arc<tokio::sync::Mutex<()>>,
+    /// Set when this node hands the group's leadership off before it stops: new writes are
+    /// refused, so the successor can hold the whole log when it is asked to take over.
+    handing_off: AtomicBool,
+    /// Held by the proposing task while it proposes an entry and answers its writes.
+    proposing: tokio::sync::Mutex<()>,
 }
 
 /// openraft stops a group on any log store or state machine error (the state machine reports

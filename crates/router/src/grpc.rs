@@ -149,7 +149,7 @@ impl Channels {
             return Ok(channel.clone());
         }
         let channel = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Status::invalid_argument(format!("bad node address {address:?}: {e}")))?
+            .map_err(|e| Status::invalid_argument(format!("bad address {address:?}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .connect_lazy();

@@ -2,41 +2,40 @@
 //! server (shoal-sidecar, Triton, KServe), called before a write is split or a search fans
 //! out, so a failing model fails the request before anything is written.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use shoal_proto::auth::{ApiKeys, AuthChannel};
 use shoal_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use shoal_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use shoal_proto::inference::{InferTensorContents, ModelInferRequest};
 use shoal_types::VectorizerSpec;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+
+use crate::grpc::Channels;
 
 /// Texts sent to the model per call.
 const TEXTS_PER_CALL: usize = 64;
 
-/// Channels to the vectorizers in use, one per endpoint.
-#[derive(Debug, Default)]
+/// Channels to the vectorizers in use, one per endpoint (sent no API key: sidecars take
+/// none).
+#[derive(Debug)]
 pub struct Vectorizers {
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Channels,
+}
+
+impl Default for Vectorizers {
+    fn default() -> Self {
+        Self {
+            channels: Channels::new(ApiKeys::open()),
+        }
+    }
 }
 
 impl Vectorizers {
-    fn channel(&self, endpoint: &str) -> Result<Channel, Status> {
-        let mut channels = self.channels.lock();
-        if let Some(channel) = channels.get(endpoint) {
-            return Ok(channel.clone());
-        }
-        let channel = Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|e| {
-                Status::failed_precondition(format!("vectorizer endpoint {endpoint:?}: {e}"))
-            })?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        channels.insert(endpoint.to_owned(), channel.clone());
-        Ok(channel)
+    fn channel(&self, endpoint: &str) -> Result<AuthChannel, Status> {
+        self.channels.get(endpoint).map_err(|e| {
+            Status::failed_precondition(format!("vectorizer endpoint: {}", e.message()))
+        })
     }
 
     /// The vectors of `texts` (in order), each of `dimension` components, within `timeout`.

@@ -75,6 +75,9 @@ pub struct LocalGroup {
     pub raft: Raft,
     pub proposer: Proposer,
     leader_since: LeaderSince,
+    /// The layout's views and the shard that [`Cluster::reclaim_dropped_views`] last cleaned
+    /// up for: it runs again only when either changed.
+    views_reclaimed: Mutex<Option<ReclaimedFor>>,
     slot: Arc<ShardSlot>,
     maintenance: Mutex<Option<Maintenance>>,
 }
@@ -496,11 +499,30 @@ impl Cluster {
         let live: std::collections::HashSet<u64> = layout.views.values().map(|v| v.id).collect();
         let next_view = layout.next_view;
         for local in self.local_groups() {
-            let (shard, live) = (local.shard(), live.clone());
+            // A view is created (next_view grows) or dropped (fewer views); a snapshot install
+            // brings another shard.
+            let shard = local.shard();
+            let now = ReclaimedFor {
+                shard: Arc::downgrade(&shard),
+                next_view,
+                views: live.len(),
+            };
+            if local
+                .views_reclaimed
+                .lock()
+                .as_ref()
+                .is_some_and(|last| last.same(&now))
+            {
+                continue;
+            }
+            let live = live.clone();
             let reclaimed = tokio::task::spawn_blocking(move || {
                 shard.reclaim_feature_views(&|id| live.contains(&id) || id >= next_view)
             })
             .await;
+            if matches!(reclaimed, Ok(Ok(_))) {
+                *local.views_reclaimed.lock() = Some(now);
+            }
             match reclaimed {
                 Ok(Ok(views)) if !views.is_empty() => {
                     tracing::info!(
@@ -580,6 +602,7 @@ impl Cluster {
             collection: collection.spec.name.clone(),
             shard,
             leader_since: LeaderSince::follow(&raft),
+            views_reclaimed: Mutex::default(),
             raft,
             proposer,
             slot,
@@ -1275,12 +1298,13 @@ impl Cluster {
             if let Ok(value) = (hops + 1).to_string().parse() {
                 wire.metadata_mut().insert(HOPS, value);
             }
-            match call(channel, wire).await {
+            // A peer that refuses this node's key answers UNAVAILABLE here: another node may
+            // still accept it (a rotation under way).
+            match call(channel, wire)
+                .await
+                .map_err(|s| auth::from_peer(addr, s))
+            {
                 Err(status) if status.code() == tonic::Code::Unavailable => last = status,
-                // Another node may still accept this node's key (a rotation under way).
-                Err(status) if status.code() == tonic::Code::Unauthenticated => {
-                    last = auth::refused_by_peer(addr, &status)
-                }
                 // The connection broke mid-request (tonic reports it as UNKNOWN or
                 // CANCELLED; no Shoal node answers with those): the outcome is unknown, and
                 // the client may retry, as for any UNAVAILABLE (writes are idempotent).
@@ -2009,6 +2033,21 @@ impl Cluster {
             .await
             .map(|_| ())
             .map_err(|s| s.message().to_owned())
+    }
+}
+
+/// What a group's dropped feature views were last reclaimed for.
+struct ReclaimedFor {
+    /// The shard (a snapshot install replaces it); weak, so its address is not reused.
+    shard: std::sync::Weak<Shard>,
+    next_view: u64,
+    views: usize,
+}
+
+impl ReclaimedFor {
+    fn same(&self, other: &Self) -> bool {
+        self.shard.ptr_eq(&other.shard)
+            && (self.next_view, self.views) == (other.next_view, other.views)
     }
 }
 
